@@ -1,0 +1,71 @@
+"""All configuration, read from the environment and `.env` (every field is documented in .env.example)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # Prepended to every topic name and app id: lets several meshes (or test runs) share one broker.
+    topic_prefix: str = ""
+    topic_partitions: int = Field(3, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+
+    # --- ClickHouse ------------------------------------------------------------------------
+    # chdb:///abs/path (embedded, owned by the warehouse service) or http(s)://user:pass@host:8123/db
+    clickhouse_dsn: SecretStr = SecretStr("chdb://./data/chdb")
+    warehouse_batch_rows: int = Field(5000, ge=1)
+    warehouse_batch_seconds: float = Field(0.25, gt=0)
+
+    # --- event time ------------------------------------------------------------------------
+    window_size_ms: int = Field(60_000, ge=1)
+    watermark_delay_ms: int = Field(3_000, ge=0)
+    allowed_lateness_ms: int = Field(30_000, ge=0)
+    # Wall-clock quiet time after which a partition's open windows are closed anyway.
+    idle_flush_timeout_ms: int = Field(10_000, ge=100)
+    # How long a click waits (event time) for its impression before it is an orphan.
+    join_window_ms: int = Field(600_000, ge=0)
+    # How long ids are remembered (event time) for dedup and for joining later clicks.
+    dedup_ttl_ms: int = Field(3_600_000, ge=1)
+    # Events stamped further ahead of the wall clock than this are rejected as absurd.
+    max_future_skew_ms: int = Field(3_600_000, ge=0)
+    # Events older than this (epoch ms) are rejected as absurd: 2000-01-01.
+    min_event_timestamp_ms: int = 946_684_800_000
+    max_event_bytes: int = Field(65_536, ge=256)
+
+    # --- services --------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    ingest_web_port: int = 6066
+    ctr_web_port: int = 6067
+    warehouse_web_port: int = 6068
+    generator_web_port: int = 6069
+    batch_max_events: int = Field(2000, ge=1)
+    batch_within_seconds: float = Field(0.05, gt=0)
+    log_level: str = "info"
+
+    # --- generator -------------------------------------------------------------------------
+    event_rate: float = Field(50.0, gt=0)
+    click_ratio: float = Field(0.1, ge=0, le=1)
+    generator_campaigns: int = Field(10, ge=1)
+    generator_ads: int = Field(50, ge=1)
+    generator_users: int = Field(5000, ge=1)
+    generator_seed: int | None = None
+
+    # --- read-only query endpoint of the warehouse -------------------------------------------
+    query_token: SecretStr | None = None
+
+    @property
+    def data_dir(self) -> str:
+        return "./data"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

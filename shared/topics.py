@@ -1,0 +1,82 @@
+"""Topic names. Every service gets them from here so a prefix can isolate a whole mesh (tests use it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    prefix: str
+
+    def _t(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    # raw input, in the formats users already have
+    @property
+    def impressions(self) -> str:
+        return self._t("ad-impressions")
+
+    @property
+    def clicks(self) -> str:
+        return self._t("ad-clicks")
+
+    # ingest internals and outputs
+    @property
+    def by_impression(self) -> str:
+        """Validated impressions and clicks re-keyed by impression_id (co-partitions the join)."""
+        return self._t("ingest-by-impression")
+
+    @property
+    def canonical(self) -> str:
+        """Deduplicated, joined, normalized events keyed by campaign_id, plus watermark markers."""
+        return self._t("canonical-events")
+
+    @property
+    def dead_letters(self) -> str:
+        return self._t("dead-letters")
+
+    @property
+    def discarded(self) -> str:
+        """Valid events that are not counted by design: duplicates and orphan clicks."""
+        return self._t("discarded-events")
+
+    @property
+    def late_events(self) -> str:
+        return self._t("late-events")
+
+    @property
+    def ctr_metrics(self) -> str:
+        return self._t("ctr-metrics")
+
+    @property
+    def anomalies(self) -> str:
+        return self._t("anomalies")
+
+    @property
+    def alert_deliveries(self) -> str:
+        """One record per Slack delivery attempt and final status (persisted as fct_alert)."""
+        return self._t("alert-deliveries")
+
+    def raw_sources(self) -> list[str]:
+        return [self.impressions, self.clicks]
+
+    def all(self) -> list[str]:
+        return [
+            self.impressions,
+            self.clicks,
+            self.by_impression,
+            self.canonical,
+            self.dead_letters,
+            self.discarded,
+            self.late_events,
+            self.ctr_metrics,
+            self.anomalies,
+            self.alert_deliveries,
+        ]
+
+
+def topic_names(settings: Settings | None = None) -> TopicNames:
+    return TopicNames((settings or get_settings()).topic_prefix)
