@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     warehouse_batch_rows: int = Field(5000, ge=1)
     warehouse_batch_seconds: float = Field(0.25, gt=0)
 
+    # Local state (faust data dirs, the default chDB path).
+    data_dir: str = "./data"
+
     # --- event time ------------------------------------------------------------------------
     window_size_ms: int = Field(60_000, ge=1)
     watermark_delay_ms: int = Field(3_000, ge=0)
@@ -62,10 +65,6 @@ class Settings(BaseSettings):
 
     # --- read-only query endpoint of the warehouse -------------------------------------------
     query_token: SecretStr | None = None
-
-    @property
-    def data_dir(self) -> str:
-        return "./data"
 
 
 @lru_cache(maxsize=1)

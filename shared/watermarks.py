@@ -33,13 +33,16 @@ class MultiSourceWatermark:
     """Minimum event-time progress over the upstream sources of one partition. Never goes back."""
 
     idle_timeout_s: float
-    started_at: float = field(default_factory=time.monotonic)
+    # Set at the first marker: from then on unseen sources are waited for up to the idle timeout.
+    started_at: float | None = None
     expected_sources: int = 0
     sources: dict[str, SourceProgress] = field(default_factory=dict)
     value: int = NEG_INF
 
     def observe(self, source: str, event_time_ms: int, of: int, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
+        if self.started_at is None:
+            self.started_at = now
         self.expected_sources = max(self.expected_sources, of)
         prev = self.sources.get(source)
         if prev is None or event_time_ms >= prev.event_time_ms:
@@ -51,8 +54,9 @@ class MultiSourceWatermark:
     def recompute(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
         active = [p.event_time_ms for p in self.sources.values() if now - p.seen_at <= self.idle_timeout_s]
+        started = self.started_at if self.started_at is not None else now
         waiting_for_unseen = (
-            len(self.sources) < self.expected_sources and now - self.started_at <= self.idle_timeout_s
+            len(self.sources) < self.expected_sources and now - started <= self.idle_timeout_s
         )
         if active and not waiting_for_unseen:
             self.value = max(self.value, min(active))

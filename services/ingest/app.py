@@ -1,0 +1,5 @@
+from shared.app import make_app
+from shared.settings import get_settings
+
+settings = get_settings()
+app = make_app("ingest", settings.ingest_web_port)

@@ -1,0 +1,88 @@
+"""Dedup and click→impression join for one impression_id (pure; the agent stores the entry).
+
+All messages for one impression (the impression, its clicks, their duplicates) are keyed by
+impression_id, so they meet in one partition and one table entry:
+    {"p": partition, "t": latest event time seen, "imp": impression fields or None,
+     "clicks": [click ids already emitted], "pending": [clicks waiting for their impression]}
+Small per key, so every changelog write is small (no ever-growing list values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+
+# Impression fields a click inherits when it is joined.
+INHERITED = ("campaign_id", "ad_id", "device_type", "browser")
+
+
+@dataclass
+class Outcome:
+    emit: list[Record] = field(default_factory=list)  # canonical events, in order
+    discard: list[Record] = field(default_factory=list)  # duplicates and orphans, with a reason
+
+
+def new_entry(partition: int) -> Record:
+    return {"p": partition, "t": 0, "imp": None, "clicks": [], "pending": []}
+
+
+def joined_click(click: Record, imp: Record) -> Record:
+    out = dict(click)
+    for f in INHERITED:
+        out[f] = imp[f]
+    return out
+
+
+def discard(rec: Record, reason: str) -> Record:
+    return {
+        "reason": reason,
+        "kind": rec["kind"],
+        "id": rec["id"],
+        "impression_id": rec["impression_id"],
+        "ts": rec["ts"],
+        "src": rec["src"],
+    }
+
+
+def on_event(entry: Record, rec: Record) -> Outcome:
+    """Apply one validated impression or click to its impression's entry (mutates the entry)."""
+    out = Outcome()
+    entry["t"] = max(entry["t"], rec["ts"])
+    if rec["kind"] == "impression":
+        if entry["imp"] is not None:
+            out.discard.append(discard(rec, "duplicate"))
+            return out
+        entry["imp"] = {f: rec[f] for f in (*INHERITED, "ts")}
+        out.emit.append(rec)
+        for click in entry["pending"]:
+            out.emit.append(joined_click(click, rec))
+            entry["clicks"].append(click["id"])
+        entry["pending"] = []
+        return out
+    # a click
+    if rec["id"] in entry["clicks"] or any(c["id"] == rec["id"] for c in entry["pending"]):
+        out.discard.append(discard(rec, "duplicate"))
+    elif entry["imp"] is not None:
+        out.emit.append(joined_click(rec, entry["imp"]))
+        entry["clicks"].append(rec["id"])
+    else:
+        entry["pending"].append(rec)
+    return out
+
+
+def expire(entry: Record, watermark_ms: int, join_window_ms: int, ttl_ms: int) -> tuple[bool, Outcome]:
+    """Turn clicks that waited longer than the join window into orphans; say whether the whole
+    entry can be forgotten (nothing pending and older than the dedup TTL)."""
+    out = Outcome()
+    if entry["pending"]:
+        keep = []
+        for click in entry["pending"]:
+            if click["ts"] + join_window_ms < watermark_ms:
+                out.discard.append(discard(click, "orphan"))
+            else:
+                keep.append(click)
+        entry["pending"] = keep
+    forget = not entry["pending"] and entry["t"] + ttl_ms < watermark_ms
+    return forget, out

@@ -1,0 +1,111 @@
+"""warehouse agent: result topics → batched, idempotent inserts into ClickHouse.
+
+Offsets are committed only for batches ClickHouse accepted: `take_events` acks a batch when the
+body returns (even on error), so the body retries the insert until it succeeds instead of raising.
+A retried or replayed batch carries the same dedup token (from its topic-partition-offsets), and
+tables are ReplacingMergeTree on their natural key, so nothing is ever counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import defaultdict
+from typing import Any
+
+from faust.types import EventT
+
+from services.warehouse.app import app, clickhouse, settings
+from services.warehouse.sinks import Message, Row, sinks_for
+from shared.app import raw_schema
+from shared.topics import topic_names
+
+log = logging.getLogger(__name__)
+topics = topic_names(settings)
+SINKS = sinks_for(topics)
+source_topic = app.topic(*SINKS, schema=raw_schema())
+
+schema_ready = asyncio.Event()
+inserted_rows: defaultdict[str, int] = defaultdict(int)
+insert_failures: defaultdict[str, int] = defaultdict(int)
+
+
+async def ensure_schema() -> None:
+    if schema_ready.is_set():
+        return
+    delay = 0.5
+    while True:
+        try:
+            applied = await clickhouse.migrate()
+            log.info("schema up to date (%d migrations applied now)", len(applied))
+            schema_ready.set()
+            return
+        except Exception as exc:  # ClickHouse down at start: wait for it, do not crash
+            log.warning("ClickHouse not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def to_message(event: EventT) -> Message:
+    m = event.message
+    headers = {k: v for k, v in (m.headers or [])} if not isinstance(m.headers, dict) else m.headers
+    return Message(
+        m.topic,
+        m.partition,
+        m.offset,
+        m.key,
+        m.value or b"",
+        headers,
+        m.timestamp and int(m.timestamp * 1000),
+    )
+
+
+def batch_token(table: str, offsets: dict[tuple[str, int], list[int]]) -> str:
+    """Same input messages -> same token, so ClickHouse drops a repeated insert of this batch."""
+    spans = ",".join(f"{t}:{p}:{min(o)}-{max(o)}:{len(o)}" for (t, p), o in sorted(offsets.items()))
+    return hashlib.sha1(f"{table}|{spans}".encode()).hexdigest()
+
+
+async def insert_with_retry(table: str, rows: list[Row], columns: list[str], token: str) -> None:
+    delay = 0.2
+    while True:
+        try:
+            await clickhouse.insert(table, rows, columns, token)
+            inserted_rows[table] += len(rows)
+            return
+        except Exception as exc:
+            insert_failures[table] += 1
+            log.warning(
+                "insert into %s failed (%s: %s); retrying in %.1fs",
+                table,
+                type(exc).__name__,
+                str(exc)[:200],
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+@app.agent(source_topic)
+async def persist(stream: Any) -> None:
+    await ensure_schema()
+    async for events in stream.take_events(settings.warehouse_batch_rows, settings.warehouse_batch_seconds):
+        rows: dict[str, list[Row]] = defaultdict(list)
+        offsets: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+        for event in events:
+            msg = to_message(event)
+            sink = SINKS[msg.topic]
+            try:
+                row = sink.to_row(msg)
+            except Exception as exc:  # our own topics: a bad record is a bug, keep it visible
+                log.error(
+                    "cannot map %s:%s:%s to %s: %r", msg.topic, msg.partition, msg.offset, sink.table, exc
+                )
+                continue
+            if row is not None:
+                rows[sink.table].append(row)
+                offsets[sink.table][(msg.topic, msg.partition)].append(msg.offset)
+        for table, table_rows in rows.items():
+            columns = next(s.columns for s in SINKS.values() if s.table == table)
+            await insert_with_retry(table, table_rows, columns, batch_token(table, offsets[table]))

@@ -1,0 +1,8 @@
+from shared.app import make_app
+from shared.clickhouse import ClickHouse
+from shared.settings import get_settings
+
+settings = get_settings()
+app = make_app("warehouse", settings.warehouse_web_port)
+# The one owner of the ClickHouse connection (with chDB: of its files) in the mesh.
+clickhouse = ClickHouse(settings.clickhouse_dsn.get_secret_value())
