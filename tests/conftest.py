@@ -1,0 +1,53 @@
+"""Session fixtures: one real Apache Kafka broker for the whole run (started by deploy/kafka.sh
+unless KAFKA_BOOTSTRAP_SERVERS already points at a live one), and a fresh mesh per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mesh_harness import ROOT, Mesh, free_port, port_open
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        host, port = given.rsplit(":", 1)
+        assert port_open(host, int(port)), f"TEST_KAFKA_BOOTSTRAP_SERVERS={given} does not answer"
+        yield given
+        return
+    # Our own broker on free ports and a throwaway state dir: never touches a mesh you run locally.
+    state = tmp_path_factory.mktemp("kafka")
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_STATE_DIR": str(state),
+    }
+    script = str(ROOT / "deploy" / "kafka.sh")
+    subprocess.run(["bash", script, "start"], env=env, check=True)
+    try:
+        yield f"127.0.0.1:{env['KAFKA_PORT']}"
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, check=False)
+
+
+@pytest.fixture
+def mesh_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[callable]:
+    meshes: list[Mesh] = []
+
+    def make(**overrides: str) -> Mesh:
+        workdir = tmp_path / f"mesh{len(meshes)}"
+        workdir.mkdir()
+        m = Mesh(kafka_bootstrap, workdir, {k: str(v) for k, v in overrides.items()})
+        meshes.append(m)
+        return m
+
+    yield make
+    for m in meshes:
+        m.stop_all()

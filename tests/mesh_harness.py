@@ -1,0 +1,149 @@
+"""Run real mesh services as subprocesses against the session's real broker, and query their results.
+
+Each test mesh gets its own topic prefix (so its own topics, consumer groups and changelogs), its
+own chDB directory and its own web ports; the broker is shared by the whole session.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import urllib3
+
+ROOT = Path(__file__).resolve().parents[1]
+http = urllib3.PoolManager()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # a service still starting answers with errors
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return "[^Worker]: Ready" in self.log()
+
+    def get_json(self, path: str) -> Any:
+        r = http.request("GET", f"http://127.0.0.1:{self.port}{path}", timeout=10)
+        return r.status, orjson.loads(r.data) if r.data else None
+
+
+@dataclass
+class Mesh:
+    bootstrap: str
+    workdir: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}-")
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CLICKHOUSE_"))}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            TOPIC_PREFIX=self.prefix,
+            DATA_DIR=str(self.workdir / "data"),
+            CLICKHOUSE_DSN=f"chdb://{self.workdir / 'chdb'}",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.overrides)
+        return env
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def start(self, *names: str, wait: bool = True) -> None:
+        for name in names:
+            port = free_port()
+            log_path = self.workdir / f"{name}.log"
+            env = {**self.env, f"{name.upper()}_WEB_PORT": str(port)}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "faust", "-A", f"services.{name}", "worker", "-l", "info"],
+                cwd=ROOT,
+                env=env,
+                stdout=log_path.open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self.services[name] = Service(name, proc, port, log_path)
+        if wait:
+            for name in names:
+                wait_for(self.services[name].ready, 90, f"{name} to be ready")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        svc = self.services.pop(name, None)
+        if svc is None or svc.proc.poll() is not None:
+            return
+        os.killpg(svc.proc.pid, sig)
+        try:
+            svc.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(svc.proc.pid, signal.SIGKILL)
+            svc.proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.services):
+            self.stop(name)
+
+    def query(self, sql: str) -> list[list[Any]]:
+        """Read-only SQL through the warehouse's /query endpoint (the warehouse owns the chDB files)."""
+        svc = self.services["warehouse"]
+        r = http.request("POST", f"http://127.0.0.1:{svc.port}/query", body=sql.encode(), timeout=30)
+        body = orjson.loads(r.data)
+        if r.status != 200:
+            raise RuntimeError(f"query failed ({r.status}): {body}")
+        return body["rows"]
+
+    def scalar(self, sql: str) -> Any:
+        return self.query(sql)[0][0]
+
+    def errors_in_logs(self) -> dict[str, list[str]]:
+        out = {}
+        for name, svc in self.services.items():
+            bad = [line for line in svc.log().splitlines() if "Traceback" in line or "[ERROR]" in line]
+            if bad:
+                out[name] = bad[:20]
+        return out

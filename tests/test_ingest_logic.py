@@ -1,0 +1,99 @@
+"""Validation, dedup and join rules of ingest, without a broker."""
+
+import orjson
+import pytest
+
+from services.ingest.formats import Limits, Rejected, parse_click, parse_impression
+from services.ingest.join import expire, new_entry, on_event
+
+LIM = Limits(max_bytes=1000, min_ts_ms=946_684_800_000, max_future_skew_ms=3_600_000)
+TS = 1_700_000_000_000
+
+
+def imp(**kw):
+    base = {"impression_id": "i1", "user_id": "u1", "campaign_id": "c1", "ad_id": "a1",
+            "device_type": "mobile", "browser": "chrome", "event_timestamp": TS, "cost": 0.0015}
+    base.update(kw)
+    return orjson.dumps(base)
+
+
+def test_valid_impression_is_normalized():
+    r = parse_impression(imp(), LIM)
+    assert r["kind"] == "impression" and r["campaign_id"] == "c1" and r["ts"] == TS
+    assert r["cost_micros"] == 1500
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1,2]", "not_an_object"),
+        (imp(campaign_id=None), "missing_field"),
+        (imp(campaign_id=""), "empty_id"),
+        (imp(campaign_id="  "), "empty_id"),
+        (imp(campaign_id=["x"]), "wrong_type"),
+        (imp(event_timestamp="yesterday"), "wrong_type"),
+        (imp(event_timestamp=0), "bad_timestamp"),
+        (imp(event_timestamp=-5), "bad_timestamp"),
+        (imp(event_timestamp=1_700_000_000), "bad_timestamp"),  # seconds, not ms
+        (imp(event_timestamp=4_000_000_000_000), "bad_timestamp"),  # year 2096
+        (imp(cost=-1), "bad_value"),
+        (b"x" * 2000, "too_large"),
+        (None, "empty_payload"),
+    ],
+)
+def test_invalid_impressions_are_rejected_with_a_reason(raw, reason):
+    with pytest.raises(Rejected) as e:
+        parse_impression(raw, LIM)
+    assert e.value.reason == reason
+
+
+def test_unknown_extra_fields_are_tolerated():
+    assert parse_impression(imp(extra={"x": 1}), LIM)["id"] == "i1"
+
+
+def click(cid, ts=TS + 1000, iid="i1"):
+    return {"kind": "click", "id": cid, "impression_id": iid, "user_id": "u", "ts": ts, "src": f"c:0:{cid}"}
+
+
+def impression(ts=TS):
+    r = parse_impression(imp(event_timestamp=ts), LIM)
+    r["src"] = "i:0:0"
+    return r
+
+
+def test_click_before_impression_is_held_then_joined():
+    e = new_entry(0)
+    assert on_event(e, click("k1")).emit == []
+    out = on_event(e, impression())
+    assert [r["kind"] for r in out.emit] == ["impression", "click"]
+    assert out.emit[1]["campaign_id"] == "c1" and out.emit[1]["ts"] == TS + 1000
+
+
+def test_duplicates_are_discarded_with_reason():
+    e = new_entry(0)
+    on_event(e, impression())
+    assert on_event(e, impression()).discard[0]["reason"] == "duplicate"
+    on_event(e, click("k1"))
+    assert on_event(e, click("k1")).discard[0]["reason"] == "duplicate"
+    e2 = new_entry(0)
+    on_event(e2, click("k2"))
+    assert on_event(e2, click("k2")).discard[0]["reason"] == "duplicate"  # duplicate while pending
+
+
+def test_click_without_impression_becomes_orphan_after_join_window():
+    e = new_entry(0)
+    on_event(e, click("k1", ts=TS))
+    forget, out = expire(e, TS + 10_000, join_window_ms=10_000, ttl_ms=60_000)
+    assert out.discard == [] and not forget
+    forget, out = expire(e, TS + 10_001, join_window_ms=10_000, ttl_ms=60_000)
+    assert [d["reason"] for d in out.discard] == ["orphan"]
+    assert not forget  # ids still remembered for dedup until the TTL
+    forget, _ = expire(e, TS + 60_001, join_window_ms=10_000, ttl_ms=60_000)
+    assert forget
+
+
+def test_click_parse_requires_ids():
+    with pytest.raises(Rejected) as e:
+        parse_click(orjson.dumps({"click_id": "k", "user_id": "u", "event_timestamp": TS}), LIM)
+    assert e.value.reason == "missing_field"

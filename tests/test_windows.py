@@ -1,0 +1,86 @@
+"""Event-time window rules with explicit timestamps (Quix Streams style), no broker."""
+
+from shared.watermarks import NEG_INF, MultiSourceWatermark
+from shared.windows import Placement, WindowSpec, add, close, latest_open_end, new_state, sum_into
+
+SPEC = WindowSpec(duration_ms=10_000, grace_ms=5_000, delay_ms=1_000)
+ONE = sum_into([1])
+
+
+def test_window_assignment_is_floor_of_event_time():
+    assert SPEC.start(0) == 0
+    assert SPEC.start(9_999) == 0
+    assert SPEC.start(10_000) == 10_000
+    assert SPEC.end(SPEC.start(12_345)) == 20_000
+
+
+def test_watermark_subtracts_delay_and_keeps_unknown_unknown():
+    assert SPEC.watermark(50_000) == 49_000
+    assert SPEC.watermark(NEG_INF) == NEG_INF
+
+
+def test_placement_open_update_late_boundaries():
+    # window [0, 10000): emitted once W >= 10000; late once W >= 15000
+    assert SPEC.place(5_000, 9_999) is Placement.OPEN
+    assert SPEC.place(5_000, 10_000) is Placement.UPDATE
+    assert SPEC.place(5_000, 14_999) is Placement.UPDATE
+    assert SPEC.place(5_000, 15_000) is Placement.LATE
+
+
+def test_window_emits_once_when_watermark_passes_end_then_updates_within_lateness():
+    s = new_state()
+    assert add(s, SPEC, 1_000, NEG_INF, ONE) is Placement.OPEN
+    assert add(s, SPEC, 9_000, NEG_INF, ONE) is Placement.OPEN
+    assert close("c", s, SPEC, 9_999) == []  # not yet
+    [e] = close("c", s, SPEC, 10_000)
+    assert (e.start_ms, e.end_ms, e.version, e.aggregate) == (0, 10_000, 1, [2])
+    assert close("c", s, SPEC, 11_000) == []  # nothing changed: no re-emit
+    assert add(s, SPEC, 2_000, 11_000, ONE) is Placement.UPDATE
+    [e2] = close("c", s, SPEC, 11_000)
+    assert (e2.version, e2.aggregate) == (2, [3])
+    # past allowed lateness: state dropped, later events are late and not counted
+    assert close("c", s, SPEC, 15_000) == []
+    assert s["w"] == {}
+    assert add(s, SPEC, 3_000, 15_000, ONE) is Placement.LATE
+    assert s["w"] == {}
+
+
+def test_out_of_order_events_within_delay_and_lateness_are_counted_in_their_own_window():
+    s = new_state()
+    seen = NEG_INF
+    placements = []
+    for ts in (9_500, 10_500, 9_900, 19_000, 20_100, 14_000, 21_000):
+        placements.append(add(s, SPEC, ts, SPEC.watermark(seen), ONE))
+        seen = max(seen, ts)
+    # 9_900 arrives after 10_500 but within the 1 s delay; 14_000 arrives at W = 19_100, before its
+    # window [10000, 20000) closed: both OPEN, both counted where they belong.
+    assert Placement.LATE not in placements
+    emits = close("c", s, SPEC, SPEC.watermark(31_000))
+    assert [(e.start_ms, e.aggregate) for e in emits] == [(0, [2]), (10_000, [3]), (20_000, [2])]
+
+
+def test_latest_open_end_for_idle_flush():
+    s = new_state()
+    add(s, SPEC, 1_000, NEG_INF, ONE)
+    add(s, SPEC, 25_000, NEG_INF, ONE)
+    assert latest_open_end([s, new_state()], SPEC) == 30_000
+
+
+def test_multi_source_watermark_is_min_of_sources_and_waits_for_expected_ones():
+    wm = MultiSourceWatermark(idle_timeout_s=10)
+    assert wm.observe("a", 100, of=2, now=0.0) == NEG_INF  # b not seen yet
+    assert wm.observe("b", 50, of=2, now=1.0) == 50
+    assert wm.observe("a", 300, of=2, now=2.0) == 50  # slow b holds it
+    assert wm.observe("b", 200, of=2, now=3.0) == 200
+    assert wm.observe("b", 100, of=2, now=4.0) == 200  # never goes back
+
+
+def test_multi_source_watermark_ignores_idle_sources():
+    wm = MultiSourceWatermark(idle_timeout_s=10)
+    wm.observe("a", 100, of=2, now=0.0)
+    wm.observe("b", 50, of=2, now=0.0)
+    assert wm.observe("a", 500, of=2, now=11.0) == 500  # b silent > 10 s
+    # an unseen expected source stops blocking once the idle timeout after the first marker passed
+    wm2 = MultiSourceWatermark(idle_timeout_s=10)
+    assert wm2.observe("a", 100, of=3, now=0.0) == NEG_INF
+    assert wm2.observe("a", 120, of=3, now=10.5) == 120
