@@ -5,14 +5,23 @@ import pytest
 
 from services.ingest.formats import Limits, Rejected, parse_click, parse_impression
 from services.ingest.join import expire, new_entry, on_event
+from shared.watermarks import NEG_INF
 
 LIM = Limits(max_bytes=1000, min_ts_ms=946_684_800_000, max_future_skew_ms=3_600_000)
 TS = 1_700_000_000_000
 
 
 def imp(**kw):
-    base = {"impression_id": "i1", "user_id": "u1", "campaign_id": "c1", "ad_id": "a1",
-            "device_type": "mobile", "browser": "chrome", "event_timestamp": TS, "cost": 0.0015}
+    base = {
+        "impression_id": "i1",
+        "user_id": "u1",
+        "campaign_id": "c1",
+        "ad_id": "a1",
+        "device_type": "mobile",
+        "browser": "chrome",
+        "event_timestamp": TS,
+        "cost": 0.0015,
+    }
     base.update(kw)
     return orjson.dumps(base)
 
@@ -64,26 +73,26 @@ def impression(ts=TS):
 
 def test_click_before_impression_is_held_then_joined():
     e = new_entry(0)
-    assert on_event(e, click("k1")).emit == []
-    out = on_event(e, impression())
+    assert on_event(e, click("k1"), NEG_INF).emit == []
+    out = on_event(e, impression(), NEG_INF)
     assert [r["kind"] for r in out.emit] == ["impression", "click"]
     assert out.emit[1]["campaign_id"] == "c1" and out.emit[1]["ts"] == TS + 1000
 
 
 def test_duplicates_are_discarded_with_reason():
     e = new_entry(0)
-    on_event(e, impression())
-    assert on_event(e, impression()).discard[0]["reason"] == "duplicate"
-    on_event(e, click("k1"))
-    assert on_event(e, click("k1")).discard[0]["reason"] == "duplicate"
+    on_event(e, impression(), NEG_INF)
+    assert on_event(e, impression(), NEG_INF).discard[0]["reason"] == "duplicate"
+    on_event(e, click("k1"), NEG_INF)
+    assert on_event(e, click("k1"), NEG_INF).discard[0]["reason"] == "duplicate"
     e2 = new_entry(0)
-    on_event(e2, click("k2"))
-    assert on_event(e2, click("k2")).discard[0]["reason"] == "duplicate"  # duplicate while pending
+    on_event(e2, click("k2"), NEG_INF)
+    assert on_event(e2, click("k2"), NEG_INF).discard[0]["reason"] == "duplicate"  # duplicate while pending
 
 
 def test_click_without_impression_becomes_orphan_after_join_window():
     e = new_entry(0)
-    on_event(e, click("k1", ts=TS))
+    on_event(e, click("k1", ts=TS), NEG_INF)
     forget, out = expire(e, TS + 10_000, join_window_ms=10_000, ttl_ms=60_000)
     assert out.discard == [] and not forget
     forget, out = expire(e, TS + 10_001, join_window_ms=10_000, ttl_ms=60_000)
@@ -97,3 +106,14 @@ def test_click_parse_requires_ids():
     with pytest.raises(Rejected) as e:
         parse_click(orjson.dumps({"click_id": "k", "user_id": "u", "event_timestamp": TS}), LIM)
     assert e.value.reason == "missing_field"
+
+
+def test_an_old_click_gets_the_full_join_window_from_its_arrival():
+    e = new_entry(0)
+    wm = TS + 7_200_000  # the click is two hours behind the stream
+    on_event(e, click("k1", ts=TS), wm)
+    _, out = expire(e, wm + 10_000, join_window_ms=10_000, ttl_ms=60_000)
+    assert out.discard == []
+    out = on_event(e, impression(), wm)
+    assert [r["kind"] for r in out.emit] == ["impression", "click"]
+    assert "wait_from" not in out.emit[1]

@@ -159,7 +159,7 @@ async def join(stream: Any) -> None:
             key = event.key
             raw = join_state.get(key)
             entry = orjson.loads(raw) if raw is not None else new_entry(p)
-            outcome = on_event(entry, rec)
+            outcome = on_event(entry, rec, part.watermark.value)
             join_state[key] = orjson.dumps(entry)
             part.last_ts[key] = entry["t"]
             if entry["pending"]:

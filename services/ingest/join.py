@@ -2,7 +2,7 @@
 
 All messages for one impression (the impression, its clicks, their duplicates) are keyed by
 impression_id, so they meet in one partition and one table entry:
-    {"p": partition, "t": latest event time seen, "imp": impression fields or None,
+    {"p": partition, "t": TTL clock (latest event/arrival time), "imp": impression fields or None,
      "clicks": [click ids already emitted], "pending": [clicks waiting for their impression]}
 Small per key, so every changelog write is small (no ever-growing list values).
 """
@@ -29,7 +29,7 @@ def new_entry(partition: int) -> Record:
 
 
 def joined_click(click: Record, imp: Record) -> Record:
-    out = dict(click)
+    out = {k: v for k, v in click.items() if k != "wait_from"}
     for f in INHERITED:
         out[f] = imp[f]
     return out
@@ -46,10 +46,11 @@ def discard(rec: Record, reason: str) -> Record:
     }
 
 
-def on_event(entry: Record, rec: Record) -> Outcome:
+def on_event(entry: Record, rec: Record, watermark_ms: int) -> Outcome:
     """Apply one validated impression or click to its impression's entry (mutates the entry)."""
     out = Outcome()
-    entry["t"] = max(entry["t"], rec["ts"])
+    # TTL clock: event time, but never before arrival (an old event's id is remembered full TTL too).
+    entry["t"] = max(entry["t"], rec["ts"], watermark_ms)
     if rec["kind"] == "impression":
         if entry["imp"] is not None:
             out.discard.append(discard(rec, "duplicate"))
@@ -68,7 +69,9 @@ def on_event(entry: Record, rec: Record) -> Outcome:
         out.emit.append(joined_click(rec, entry["imp"]))
         entry["clicks"].append(rec["id"])
     else:
-        entry["pending"].append(rec)
+        # The wait starts when the click arrives, not at its own timestamp: an old click still gets
+        # the full join window to meet its impression (and is then judged late, not orphan).
+        entry["pending"].append({**rec, "wait_from": max(rec["ts"], watermark_ms)})
     return out
 
 
@@ -79,7 +82,7 @@ def expire(entry: Record, watermark_ms: int, join_window_ms: int, ttl_ms: int) -
     if entry["pending"]:
         keep = []
         for click in entry["pending"]:
-            if click["ts"] + join_window_ms < watermark_ms:
+            if click["wait_from"] + join_window_ms < watermark_ms:
                 out.discard.append(discard(click, "orphan"))
             else:
                 keep.append(click)
