@@ -1,0 +1,27 @@
+"""HTTP views of the alerting service (no secrets: errors in the table are redacted when stored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.alerting.agents import deliverer, tables_ready
+from services.alerting.app import app
+
+
+@app.page("/alerts/pending")
+async def pending_alerts(web: Any, request: Any) -> Any:
+    return web.json(deliverer.pending())
+
+
+@app.page("/health")
+async def health(web: Any, request: Any) -> Any:
+    pending = deliverer.pending()
+    return web.json(
+        {
+            "status": "ok",
+            "slack": deliverer.mode,
+            "tables_ready": tables_ready(),
+            "pending": len(pending),
+            "oldest_pending_ms": pending[0]["created_ms"] if pending else None,
+        }
+    )
