@@ -568,3 +568,38 @@ async def test_expired_deliveries_are_forgotten(fake: FakeSlack, bot: Harness) -
 def test_invalid_anomalies_are_rejected_without_echoing_values(raw: bytes, problem: str) -> None:
     with pytest.raises(InvalidAnomaly, match=problem):
         parse_anomaly(raw)
+
+
+def incident_window(anomaly_id: str, incident_id: str, window_end: int, kind: str = "ctr_high") -> Anomaly:
+    return replace(anomaly(anomaly_id, window_end=window_end, kind=kind), incident_id=incident_id)
+
+
+async def test_an_incident_stays_in_one_message_until_resolved(fake: FakeSlack, bot: Harness) -> None:
+    # The detector reports every flagged window with its own anomaly_id and the incident's id.
+    bot.deliverer.intake(incident_window("w0", "w0", T0))
+    for minute in (1, 20, 40):  # later windows of the incident, also past the cooldown
+        bot.deliverer.intake(incident_window(f"w{minute}", "w0", T0 + minute * MINUTE))
+    assert await bot.deliverer.drain(5)
+    assert len(fake.top_level_messages()) == 1
+    ts = bot.delivery("w0").slack_ts
+    assert len(fake.replies(ts)) == 3
+
+    bot.deliverer.intake(resolution("r", resolves="w0", window_end=T0 + 41 * MINUTE))
+    assert await bot.deliverer.drain(5)
+    [message] = fake.top_level_messages()
+    assert message["text"].startswith("RESOLVED")
+    assert bot.statuses("r") == ["updated"]
+
+
+async def test_a_superseding_incident_resolves_the_keys_message(fake: FakeSlack, bot: Harness) -> None:
+    bot.deliverer.intake(incident_window("x0", "x0", T0))
+    # Another kind while x is open: a new incident that supersedes x, within the cooldown.
+    bot.deliverer.intake(incident_window("y0", "y0", T0 + 2 * MINUTE, kind="traffic_drop"))
+    bot.deliverer.intake(incident_window("y1", "y0", T0 + 30 * MINUTE, kind="traffic_drop"))
+    bot.deliverer.intake(resolution("r", resolves="y0", window_end=T0 + 31 * MINUTE))
+    assert await bot.deliverer.drain(5)
+
+    [message] = fake.top_level_messages()
+    assert message["text"].startswith("RESOLVED")
+    assert len(fake.replies(message["ts"])) == 3  # y0, y1, the resolved reply
+    assert bot.delivery("r").parent_id == "x0"

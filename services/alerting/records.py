@@ -41,8 +41,14 @@ class Anomaly:
     expected: float | None = None
     score: float | None = None
     direction: str | None = None
-    # Only on kind == "resolved": the anomaly_id of the alert it closes.
+    # Only on kind == "resolved": the anomaly_id of the alert (incident) it closes.
     resolves: str | None = None
+    # The detector's incident: the anomaly_id of the incident's first window (absent: its own id).
+    incident_id: str | None = None
+
+    @property
+    def incident(self) -> str:
+        return self.incident_id or self.anomaly_id
 
     @property
     def is_resolution(self) -> bool:
@@ -106,6 +112,7 @@ def parse_anomaly(raw: bytes | dict[str, Any]) -> Anomaly:
         score=_optional_number(record, "score", float),
         direction=direction if isinstance(direction, str) else None,
         resolves=_require_str(record, "resolves") if kind == "resolved" else None,
+        incident_id=record["incident_id"] if isinstance(record.get("incident_id"), str) else None,
     )
 
 
@@ -166,6 +173,9 @@ class OpenAlert:
     opened_event_ms: int
     opened_wall_ms: int
     resolved: bool = False
+    # The key's current detector incident (the one posted, or one folded in since, e.g. a
+    # superseding one); later windows of it fold into this alert whatever the cooldown says.
+    incident_id: str | None = None
 
 
 def encode_open_alert(open_alert: OpenAlert) -> bytes:

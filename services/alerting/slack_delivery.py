@@ -1,10 +1,13 @@
 """Alert delivery: dedup/cooldown decisions, retry policy and the delivery loop, without Kafka.
 
 Flow: `AlertDeliverer.intake()` turns an anomaly into a pending `Delivery` in the state table
-(synchronously, inside the agent) and wakes the loop; `deliver_due()` (a background task) sends
-pending deliveries oldest first, one Slack call at a time, and records every attempt. A failed
-call never blocks anything: the delivery gets a `next_attempt_ms` and stays pending in the
-changelogged table, so a restart during an outage still delivers it later.
+(synchronously, inside the agent) and wakes the loop. It decides post / fold / resolve: one
+top-level message per key and incident; later windows of the incident, and anything else for
+the key within the cooldown, become replies in its thread; a resolution updates that message.
+`deliver_due()` (a background task) sends pending deliveries oldest first, one Slack call at a
+time, and records every attempt. A failed call never blocks anything: the delivery gets a
+`next_attempt_ms` and stays pending in the changelogged table, so a restart during an outage
+still delivers it later.
 
 Exactly once, honestly: Slack's chat.postMessage has no idempotency key. Before a non-idempotent
 call the delivery is marked `unknown_outcome` and that mark is flushed to Kafka; a definite answer
@@ -14,7 +17,10 @@ before "sent" is stored, the mark survives, and the next attempt first looks for
 posts if it is not there. What remains: (1) webhooks cannot be read back, so an unknown outcome
 there is re-posted; (2) if the lookup cannot run (missing channels:history scope, channel given
 by name with no ID learned yet) we post anyway; (3) a timed-out request that Slack processes
-after our lookup (a slow Slack, not a dead one) is posted twice.
+after our lookup (a slow Slack, not a dead one) is posted twice; (4) the lookup reads one page
+(200 messages) of history, so in a very busy channel an old in-flight alert may be missed.
+Records on alert-deliveries are sent after the table write; a crash between the two loses the
+record, never the alert (the table is the truth).
 """
 
 from __future__ import annotations
@@ -107,23 +113,40 @@ def within_cooldown(open_alert: OpenAlert, anomaly: Anomaly, cooldown_ms: int) -
 def decide_alert(
     anomaly: Anomaly, existing: Delivery | None, open_alert: OpenAlert | None, cooldown_ms: int
 ) -> IntakeDecision:
+    """post, or fold into the key's open alert: a later window of its (unresolved) incident, or
+    any anomaly of the key within the cooldown (also after a resolve: a flapping key stays in one
+    thread)."""
     if existing is not None:
         return IntakeDecision(None, reason="duplicate anomaly_id")
-    if (
-        open_alert is not None
-        and open_alert.anomaly_id != anomaly.anomaly_id
-        and within_cooldown(open_alert, anomaly, cooldown_ms)
-    ):
-        # Also after a resolve: a key that flaps inside the cooldown stays in one thread.
+    if open_alert is None or open_alert.anomaly_id == anomaly.anomaly_id:
+        return IntakeDecision("post", reason="new alert")
+    if not open_alert.resolved and open_alert.incident_id == anomaly.incident:
+        return IntakeDecision("fold", open_alert.anomaly_id, reason="same incident")
+    if within_cooldown(open_alert, anomaly, cooldown_ms):
         return IntakeDecision(
             "fold", open_alert.anomaly_id, reopened=open_alert.resolved, reason="within cooldown"
         )
     return IntakeDecision("post", reason="new alert")
 
 
-def decide_resolution(resolution: Anomaly, existing: Delivery | None) -> IntakeDecision:
+def decide_resolution(
+    resolution: Anomaly, existing: Delivery | None, target: Delivery | None, open_alert: OpenAlert | None
+) -> IntakeDecision:
+    """Which message a resolution marks resolved.
+
+    The detector has at most one open incident per key and resolves it on the key's first clean
+    window, so a resolution of the key's open alert, of its incident, or of anything folded into
+    it (a superseding incident) means the key is back to normal: its top-level message is updated.
+    Otherwise the alert named by `resolves` is (a top-level one updated, a folded one replied to).
+    """
     if existing is not None:
         return IntakeDecision(None, reason="duplicate anomaly_id")
+    if open_alert is not None and not open_alert.resolved:
+        closes_open_alert = resolution.resolves in (open_alert.anomaly_id, open_alert.incident_id) or (
+            target is not None and target.parent_id == open_alert.anomaly_id
+        )
+        if closes_open_alert:
+            return IntakeDecision("resolve", open_alert.anomaly_id, reason="resolves the key's open alert")
     return IntakeDecision("resolve", resolution.resolves, reason="resolution")
 
 
@@ -301,7 +324,8 @@ class AlertDeliverer:
         existing = self.get(anomaly.anomaly_id)
         open_alert = self._open_alert(anomaly.key_id)
         if anomaly.is_resolution:
-            decision = decide_resolution(anomaly, existing)
+            target = self.get(anomaly.resolves) if anomaly.resolves else None
+            decision = decide_resolution(anomaly, existing, target, open_alert)
         else:
             decision = decide_alert(anomaly, existing, open_alert, self.settings.alert_cooldown_ms)
         if decision.action is None:
@@ -311,15 +335,15 @@ class AlertDeliverer:
         self._save(Delivery(anomaly, decision.action, decision.parent_id, now, reopened=decision.reopened))
         if decision.action == "post":
             opened_at = anomaly.window_end if anomaly.window_end is not None else now
-            self.open_alerts[anomaly.key_id] = encode_open_alert(
-                OpenAlert(anomaly.anomaly_id, opened_at, now)
-            )
-        elif open_alert is not None and (
-            (decision.action == "fold" and open_alert.resolved)
-            or (decision.action == "resolve" and open_alert.anomaly_id == anomaly.resolves)
-        ):
-            resolved = decision.action == "resolve"
-            self.open_alerts[anomaly.key_id] = encode_open_alert(replace(open_alert, resolved=resolved))
+            opened = OpenAlert(anomaly.anomaly_id, opened_at, now, incident_id=anomaly.incident)
+            self.open_alerts[anomaly.key_id] = encode_open_alert(opened)
+        elif open_alert is not None and decision.parent_id == open_alert.anomaly_id:
+            if decision.action == "resolve":
+                updated = replace(open_alert, resolved=True)
+            else:  # a fold (re-)opens it and makes its incident the key's current one (supersedes)
+                updated = replace(open_alert, resolved=False, incident_id=anomaly.incident)
+            if updated != open_alert:
+                self.open_alerts[anomaly.key_id] = encode_open_alert(updated)
         log.info("alert %s (%s %s): %s", anomaly.anomaly_id, anomaly.kind, anomaly.key_id, decision.reason)
         self.wake()
         return decision
