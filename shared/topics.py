@@ -52,6 +52,21 @@ class TopicNames:
         return self._t("ctr-metrics")
 
     @property
+    def ad_events(self) -> str:
+        """Raw ad events: view / click / purchase in one topic, nanosecond timestamps."""
+        return self._t("ad-events")
+
+    @property
+    def clickstream(self) -> str:
+        """Raw product clickstream with A/B experiment assignment."""
+        return self._t("clickstream")
+
+    @property
+    def engagement_metrics(self) -> str:
+        """Closed-window results of the engagement service (device, user, item, experiment)."""
+        return self._t("engagement-metrics")
+
+    @property
     def anomalies(self) -> str:
         return self._t("anomalies")
 
@@ -73,6 +88,9 @@ class TopicNames:
             self.discarded,
             self.late_events,
             self.ctr_metrics,
+            self.ad_events,
+            self.clickstream,
+            self.engagement_metrics,
             self.anomalies,
             self.alert_deliveries,
         ]
