@@ -62,7 +62,15 @@ class KeyedTable(faust.Table):
 def keyed_table(app: faust.App, name: str, partitions: int) -> KeyedTable:
     """bytes -> bytes table (values are orjson, small per key: never a growing list)."""
     table = KeyedTable(
-        app, name=name, default=None, beacon=app.tables.beacon, partitions=partitions, schema=raw_schema()
+        app,
+        name=name,
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=partitions,
+        # faust derives a table's changelog serializers from key_type/value_type only ("raw" for
+        # bytes); a schema= alone would leave them "json" and recovery would decode garbage.
+        key_type=bytes,
+        value_type=bytes,
     )
     return app.tables.add(table)
 
