@@ -32,9 +32,8 @@ def topic_map(settings: Settings) -> dict[TopicKind, str]:
     return {
         "impressions": names.impressions,
         "clicks": names.clicks,
-        # Not mesh topics (shared/topics.py does not list them): only the generator creates them.
-        "ad_events": f"{settings.topic_prefix}ad-events",
-        "clickstream": f"{settings.topic_prefix}clickstream",
+        "ad_events": names.ad_events,
+        "clickstream": names.clickstream,
     }
 
 
@@ -133,12 +132,13 @@ async def run_live(settings: Settings, spec: TrafficSpec | None = None) -> None:
     producer = make_producer(settings)
     await producer.start()
     log.info("live traffic: %s/s, seed %s, formats %s", spec.rate, spec.seed, ",".join(spec.formats))
-    # Event time = spec.start_ms + elapsed wall time: a monotonic clock does not jump with NTP.
-    t0 = time.monotonic() * 1000 - spec.start_ms
+    # Pace by a monotonic clock (it does not jump with NTP) aligned once to the wall clock, so
+    # event time tracks "now" (what was due during the setup above goes out at once).
+    mono_to_wall_ms = time.time() * 1000 - time.monotonic() * 1000
     deliveries = Deliveries()
     try:
         for m in TrafficGenerator(spec):
-            ahead_ms = m.at_ms - (time.monotonic() * 1000 - t0)
+            ahead_ms = m.at_ms - (time.monotonic() * 1000 + mono_to_wall_ms)
             if ahead_ms > 1:
                 await asyncio.sleep(ahead_ms / 1000)
             deliveries.add(await producer.send(topics[m.topic_kind], m.value, key=m.key))

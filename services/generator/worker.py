@@ -8,6 +8,9 @@ from shared.settings import get_settings
 
 settings = get_settings()
 app = make_app("generator", settings.generator_web_port)
+# It consumes nothing: without this the worker subscribes to an empty topic set, which aiokafka
+# refuses. Producer-only mode still starts the web server, the producer and app tasks.
+app.producer_only = True
 
 
 @app.task
