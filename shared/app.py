@@ -104,6 +104,9 @@ def make_app(service: str, web_port: int, settings: Settings | None = None) -> M
         producer_linger_ms=5,
         producer_max_batch_size=1_048_576,
         producer_acks=-1,
+        # A worker killed with -9 leaves the group after this long: its replacement waits no longer.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=16_384,

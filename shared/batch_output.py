@@ -35,9 +35,11 @@ class BatchOutput:
         )
         self._pending.append(fut)
 
-    async def broadcast_marker(self, topic: str, partitions: int, source: str, ts_ms: int, of: int) -> None:
+    async def broadcast_marker(
+        self, topic: str, partitions: int, source: str, ts_ms: int, of: int, idle: bool = False
+    ) -> None:
         """Tell every partition of `topic` how far event time has progressed at `source`."""
-        marker = encode_marker(source, ts_ms, of)
+        marker = encode_marker(source, ts_ms, of, idle)
         for p in range(partitions):
             await self.send(topic, None, marker, partition=p)
 

@@ -5,6 +5,13 @@ State: one changelogged faust table value per key (see shared.windows for its sh
 per key per batch. This class keeps the in-memory companions — per-partition watermark, which keys
 hold windows — and decides what to emit; the service says how an event contributes and what a
 result looks like.
+
+Exact under replays (a crash anywhere, at-least-once Kafka): every canonical event carries `seq` =
+[upstream partition, upstream offset, index], increasing per upstream partition in the order any key
+receives them. A key's state remembers the last seq applied per upstream partition, in the same
+changelog value as its counts, so a replayed or re-produced event is recognised and skipped. The
+service writes states only after the batch's results are on the broker (`commit_states`), so a
+state that says "applied" implies its results were delivered.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import orjson
 
+from shared.app import key_partition
 from shared.watermarks import NEG_INF, MultiSourceWatermark
 from shared.windows import Emit, KeyState, Placement, WindowSpec, add, close, latest_open_end, new_state
 
@@ -28,9 +37,21 @@ class PartitionClock:
     """Event-time progress of one input partition."""
 
     progress: MultiSourceWatermark
-    floor: int = NEG_INF  # raised by the idle flush
+    floor: int = NEG_INF  # raised by the idle flush and by the watermark restored after a restart
     closed_to: int = NEG_INF  # watermark of the last full close pass
     keys: set[bytes] = field(default_factory=set)  # keys that hold windows
+    # keys with no window left, kept (with their replay marks) until the watermark moved on
+    retired: dict[bytes, int] = field(default_factory=dict)
+
+
+@cache
+def watermark_key(partition: int, partitions: int) -> bytes:
+    """A table key that lands in `partition` itself, to persist that partition's watermark where
+    the worker owning the partition restores it."""
+    n = 0
+    while key_partition(f"\x00watermark:{partition}:{n}".encode(), partitions) != partition:
+        n += 1
+    return f"\x00watermark:{partition}:{n}".encode()
 
 
 @dataclass
@@ -38,13 +59,31 @@ class BatchResult:
     emits: list[Emit] = field(default_factory=list)
     late: list[tuple[Record, int, int]] = field(default_factory=list)  # (event, window start, watermark)
     counted: int = 0
+    replayed: int = 0  # events already applied before a restart: skipped
+    # key -> new serialized state, or None to delete; applied by commit_states() after the flush
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+def already_applied(state: KeyState, seq: list[int] | None) -> bool:
+    if seq is None:
+        return False
+    last = state.get("u", {}).get(str(seq[0]))
+    return last is not None and (seq[1], seq[2]) <= (last[0], last[1])
+
+
+def mark_applied(state: KeyState, seq: list[int] | None) -> None:
+    if seq is not None:
+        state.setdefault("u", {})[str(seq[0])] = [seq[1], seq[2]]
 
 
 class WindowedAggregation:
-    def __init__(self, table: Any, spec: WindowSpec, idle_timeout_s: float) -> None:
+    def __init__(self, table: Any, spec: WindowSpec, idle_timeout_s: float, partitions: int) -> None:
         self.table = table  # MutableMapping[bytes, bytes]: key -> orjson(KeyState + {"p": partition})
         self.spec = spec
         self.idle_timeout_s = idle_timeout_s
+        self.partition_count = partitions
+        # A replay after a crash reaches back seconds; keep replay marks far longer than that.
+        self.retain_ms = 10 * (spec.duration_ms + spec.grace_ms + spec.delay_ms)
         self.partitions: dict[int, PartitionClock] = {}
         self.last_input_at = time.monotonic()
         self.lock = asyncio.Lock()  # the batch body and the idle flush must not interleave
@@ -56,7 +95,7 @@ class WindowedAggregation:
             self._index_restored_state()
         c = self.partitions.get(p)
         if c is None:
-            c = self.partitions[p] = PartitionClock(MultiSourceWatermark(self.idle_timeout_s))
+            c = self.partitions[p] = PartitionClock(MultiSourceWatermark())
         return c
 
     def _index_restored_state(self) -> None:
@@ -65,8 +104,13 @@ class WindowedAggregation:
         for key, raw in self.table.items():
             state = orjson.loads(raw)
             c = self.clock(state["p"])
-            c.keys.add(key)
             c.floor = max(c.floor, state["wm"])
+            if key.startswith(b"\x00watermark:"):
+                continue
+            if state["w"]:
+                c.keys.add(key)
+            else:
+                c.retired[key] = state["wm"]
 
     def watermark(self, c: PartitionClock) -> int:
         return max(self.spec.watermark(c.progress.recompute()), c.floor)
@@ -79,39 +123,48 @@ class WindowedAggregation:
     ) -> BatchResult:
         """events: (partition, key, decoded record). `contribute(rec)` returns how the record
         changes its window's aggregate, or None if this aggregation ignores it."""
-        self.last_input_at = time.monotonic()
         result = BatchResult()
         states: dict[bytes, KeyState] = {}
         touched: dict[int, set[bytes]] = {}
         for p, key, rec in events:
             c = self.clock(p)
             if rec.get("kind") == "wm":
-                c.progress.observe(rec["src"], rec["ts"], rec["of"])
+                idle = rec.get("idle", False)
+                c.progress.observe(rec["src"], rec["ts"], rec["of"], idle)
                 touched.setdefault(p, set())
+                if not idle:  # idle markers keep coming when nothing happens: not input
+                    self.last_input_at = time.monotonic()
                 continue
+            self.last_input_at = time.monotonic()
             fn = contribute(rec)
             if fn is None:
                 continue
             state = states.get(key)
             if state is None:
                 state = states[key] = self._load(key)
+            seq = rec.get("seq")
+            if already_applied(state, seq):
+                result.replayed += 1
+                continue
             wm = self.watermark(c)
             if add(state, self.spec, rec["ts"], wm, fn) is Placement.LATE:
                 result.late.append((rec, self.spec.start(rec["ts"]), wm))
-            else:
-                result.counted += 1
-                touched.setdefault(p, set()).add(key)
-                c.keys.add(key)
-                state["p"] = p
+                continue
+            mark_applied(state, seq)
+            result.counted += 1
+            touched.setdefault(p, set()).add(key)
+            c.keys.add(key)
+            c.retired.pop(key, None)
+            state["p"] = p
         for p, keys in touched.items():
             self._close_partition(p, keys, states, result)
         return result
 
-    def flush_idle(self) -> list[Emit]:
+    def flush_idle(self) -> BatchResult:
         """With no input for the idle timeout, close every open window as if time had passed."""
-        if time.monotonic() - self.last_input_at < self.idle_timeout_s:
-            return []
         result = BatchResult()
+        if time.monotonic() - self.last_input_at < self.idle_timeout_s:
+            return result
         states: dict[bytes, KeyState] = {}
         for p, c in self.partitions.items():
             if not c.keys:
@@ -120,7 +173,15 @@ class WindowedAggregation:
                 states[key] = self._load(key)
             c.floor = max(c.floor, latest_open_end((states[k] for k in c.keys), self.spec))
             self._close_partition(p, set(), states, result)
-        return result.emits
+        return result
+
+    def commit_states(self, result: BatchResult) -> None:
+        """Write the batch's state changes; call only once its results are on the broker."""
+        for key, value in result.writes.items():
+            if value is not None:
+                self.table[key] = value
+            elif key in self.table:
+                del self.table[key]
 
     def _close_partition(
         self, p: int, touched: set[bytes], states: dict[bytes, KeyState], result: BatchResult
@@ -128,9 +189,8 @@ class WindowedAggregation:
         c = self.partitions[p]
         wm = self.watermark(c)
         # Only a watermark that moved can close windows of keys this batch did not touch.
-        keys = set(c.keys) if wm > c.closed_to else touched
-        if wm > c.closed_to:
-            c.closed_to = wm
+        moved = wm > c.closed_to
+        keys = set(c.keys) if moved else touched
         for key in keys:
             state = states.get(key)
             if state is None:
@@ -140,13 +200,21 @@ class WindowedAggregation:
             result.emits.extend(emits)
             if not state["w"]:
                 c.keys.discard(key)
-                if key in self.table:
-                    del self.table[key]
-            elif key in touched or emits or held != len(state["w"]):
+                c.retired[key] = wm
+            if key in touched or emits or held != len(state["w"]):
                 # An untouched, unchanged key is not rewritten: its stored "wm" may lag, which only
                 # makes the floor restored after a restart conservative.
                 state["p"] = p
-                self.table[key] = orjson.dumps(state)
+                result.writes[key] = orjson.dumps(state)
+        if moved:
+            c.closed_to = wm
+            for key, since in list(c.retired.items()):
+                if wm - since > self.retain_ms:
+                    result.writes[key] = None
+                    del c.retired[key]
+            # Persisted so that after a restart no window that was already closed and dropped can
+            # be opened again by an event that is late (the restored watermark is the floor).
+            result.writes[watermark_key(p, self.partition_count)] = orjson.dumps({"p": p, "wm": wm, "w": {}})
 
     def _load(self, key: bytes) -> KeyState:
         raw = self.table.get(key)

@@ -67,20 +67,25 @@ def test_latest_open_end_for_idle_flush():
 
 
 def test_multi_source_watermark_is_min_of_sources_and_waits_for_expected_ones():
-    wm = MultiSourceWatermark(idle_timeout_s=10)
-    assert wm.observe("a", 100, of=2, now=0.0) == NEG_INF  # b not seen yet
-    assert wm.observe("b", 50, of=2, now=1.0) == 50
-    assert wm.observe("a", 300, of=2, now=2.0) == 50  # slow b holds it
-    assert wm.observe("b", 200, of=2, now=3.0) == 200
-    assert wm.observe("b", 100, of=2, now=4.0) == 200  # never goes back
+    wm = MultiSourceWatermark()
+    assert wm.observe("a", 100, of=2) == NEG_INF  # b not heard from yet
+    assert wm.observe("b", 50, of=2) == 50
+    assert wm.observe("a", 300, of=2) == 50  # slow b holds it
+    assert wm.observe("b", 200, of=2) == 200
+    assert wm.observe("b", 100, of=2) == 200  # never goes back
 
 
-def test_multi_source_watermark_ignores_idle_sources():
-    wm = MultiSourceWatermark(idle_timeout_s=10)
-    wm.observe("a", 100, of=2, now=0.0)
-    wm.observe("b", 50, of=2, now=0.0)
-    assert wm.observe("a", 500, of=2, now=11.0) == 500  # b silent > 10 s
-    # an unseen expected source stops blocking once the idle timeout after the first marker passed
-    wm2 = MultiSourceWatermark(idle_timeout_s=10)
-    assert wm2.observe("a", 100, of=3, now=0.0) == NEG_INF
-    assert wm2.observe("a", 120, of=3, now=10.5) == 120
+def test_idle_sources_are_left_out_and_a_backlogged_one_is_not():
+    wm = MultiSourceWatermark()
+    wm.observe("a", 100, of=2)
+    wm.observe("b", 50, of=2)
+    assert wm.observe("b", 50, of=2, idle=True) == 100  # b has nothing to read: do not wait for it
+    assert not wm.all_idle
+    assert wm.observe("b", 60, of=2) == 100  # b active again, behind: the watermark never goes back
+    wm.observe("a", 400, of=2, idle=True)
+    wm.observe("b", 300, of=2, idle=True)
+    assert wm.all_idle and wm.value == 100  # nothing active: hold
+    # an idle marker for a source never seen still counts as heard from
+    wm2 = MultiSourceWatermark()
+    wm2.observe("a", 100, of=2)
+    assert wm2.observe("b", NEG_INF, of=2, idle=True) == 100

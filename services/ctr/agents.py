@@ -12,8 +12,8 @@ from services.ctr.metrics import contribution, ctr_result, shift_latest
 from shared.app import keyed_table, raw_schema
 from shared.batch_output import BatchOutput
 from shared.topics import topic_names
-from shared.windowed_agent import WindowedAggregation
-from shared.windows import Emit, WindowSpec, sum_into
+from shared.windowed_agent import BatchResult, WindowedAggregation
+from shared.windows import WindowSpec, sum_into
 
 topics = topic_names(settings)
 PARTITIONS = settings.topic_partitions
@@ -26,7 +26,7 @@ ctr_windows = keyed_table(app, "ctr_windows", PARTITIONS)
 ctr_latest = keyed_table(app, "ctr_latest", PARTITIONS)
 
 spec = WindowSpec(settings.window_size_ms, settings.allowed_lateness_ms, settings.watermark_delay_ms)
-windows = WindowedAggregation(ctr_windows, spec, settings.idle_flush_timeout_ms / 1000)
+windows = WindowedAggregation(ctr_windows, spec, settings.idle_flush_timeout_ms / 1000, PARTITIONS)
 
 
 def contribute(rec: dict[str, Any]) -> Callable[[list[Any] | None], list[Any]] | None:
@@ -34,13 +34,22 @@ def contribute(rec: dict[str, Any]) -> Callable[[list[Any] | None], list[Any]] |
     return sum_into(values) if values is not None else None
 
 
-async def publish(out: BatchOutput, emits: list[Emit]) -> None:
-    for emit in emits:
-        result = ctr_result(emit)
-        key = emit.key.encode()
-        await out.send(topics.ctr_metrics, key, orjson.dumps(result))
+async def publish(out: BatchOutput, result: BatchResult) -> None:
+    """Results to the broker first, then the state that says they were produced."""
+    latest: list[dict[str, Any]] = []
+    for rec, window_start, wm in result.late:
+        late = {**rec, "stage": "ctr", "window_start": window_start, "watermark_ms": wm}
+        await out.send(topics.late_events, rec["campaign_id"].encode(), orjson.dumps(late))
+    for emit in result.emits:
+        metrics = ctr_result(emit)
+        latest.append(metrics)
+        await out.send(topics.ctr_metrics, emit.key.encode(), orjson.dumps(metrics))
+    await out.flush()
+    windows.commit_states(result)
+    for metrics in latest:
+        key = metrics["campaign_id"].encode()
         current = ctr_latest.get(key)
-        ctr_latest[key] = orjson.dumps(shift_latest(orjson.loads(current) if current else None, result))
+        ctr_latest[key] = orjson.dumps(shift_latest(orjson.loads(current) if current else None, metrics))
 
 
 @app.agent(canonical_topic)
@@ -49,19 +58,12 @@ async def count_windows(stream: Any) -> None:
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
         async with windows.lock:
             decoded = [(e.message.partition, e.key, orjson.loads(e.value)) for e in events]
-            result = windows.process(decoded, contribute)
-            for rec, window_start, wm in result.late:
-                late = {**rec, "stage": "ctr", "window_start": window_start, "watermark_ms": wm}
-                await out.send(topics.late_events, rec["campaign_id"].encode(), orjson.dumps(late))
-            await publish(out, result.emits)
             # Results must be on the broker before faust acks (and later commits) this batch.
-            await out.flush()
+            await publish(out, windows.process(decoded, contribute))
 
 
 @app.timer(interval=1.0)
 async def close_idle_windows() -> None:
     out = BatchOutput(app)
     async with windows.lock:
-        emits = windows.flush_idle()
-        await publish(out, emits)
-        await out.flush()
+        await publish(out, windows.flush_idle())

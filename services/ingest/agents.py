@@ -6,6 +6,7 @@ topics may be keyed by anything: `validate` re-keys, `join` owns the state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from typing import Any
@@ -15,9 +16,10 @@ from faust.types import EventT
 
 from services.ingest.app import app, settings
 from services.ingest.formats import Limits, Rejected, parse_click, parse_impression
-from services.ingest.join import Record, expire, new_entry, on_event
+from services.ingest.join import Outcome, Record, expire, mark_applied, new_entry, on_event, replayed
 from shared.app import keyed_table, raw_schema
 from shared.batch_output import BatchOutput
+from shared.source_idleness import SourceActivity
 from shared.topics import topic_names
 from shared.watermarks import MARKER_KIND, NEG_INF, MultiSourceWatermark
 
@@ -54,30 +56,54 @@ def dead_letter_headers(event: EventT, err: Rejected) -> list[tuple[str, bytes]]
     ]
 
 
+raw_activity = SourceActivity(app, topics.raw_sources())
+raw_progress: dict[str, int] = {}  # raw source partition -> max valid event time
+validate_lock = asyncio.Lock()  # a batch and the idle-marker timer must not interleave
+
+
 @app.agent(raw_topic)
 async def validate(stream: Any) -> None:
     out = BatchOutput(app)
-    progress: dict[str, int] = {}  # raw source partition -> max valid event time
+    progress = raw_progress
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
-        touched: set[str] = set()
-        for event in events:
-            m = event.message
-            try:
-                rec = PARSERS[m.topic](event.value, limits)
-            except Rejected as err:
-                outcomes[f"dead_letter:{err.reason}"] += 1
-                headers = dead_letter_headers(event, err)
-                await out.send(topics.dead_letters, m.key, event.value or b"", headers=headers)
-                continue
-            rec["src"] = src_of(event)
-            await out.send(topics.by_impression, rec["impression_id"].encode(), orjson.dumps(rec))
-            source = f"{m.topic}:{m.partition}"
-            if rec["ts"] > progress.get(source, NEG_INF):
-                progress[source] = rec["ts"]
-            touched.add(source)
-        for source in touched:
+        async with validate_lock:
+            touched: set[str] = set()
+            for event in events:
+                m = event.message
+                raw_activity.processed(m.tp, m.offset)
+                try:
+                    rec = PARSERS[m.topic](event.value, limits)
+                except Rejected as err:
+                    outcomes[f"dead_letter:{err.reason}"] += 1
+                    headers = dead_letter_headers(event, err)
+                    await out.send(topics.dead_letters, m.key, event.value or b"", headers=headers)
+                    continue
+                rec["src"] = src_of(event)
+                source = f"{m.topic}:{m.partition}"
+                if rec["ts"] > progress.get(source, NEG_INF):
+                    progress[source] = rec["ts"]
+                # Where the stream stood at this message (markers only come after the batch): the
+                # join measures a click's wait and an id's TTL from here.
+                rec["at"] = progress[source]
+                touched.add(source)
+                await out.send(topics.by_impression, rec["impression_id"].encode(), orjson.dumps(rec))
+            for source in touched:
+                await out.broadcast_marker(
+                    topics.by_impression, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
+                )
+            await out.flush()
+
+
+@app.timer(interval=1.0)
+async def mark_idle_sources() -> None:
+    """Tell the join which raw partitions have nothing left to read, so it need not wait for them."""
+    out = BatchOutput(app)
+    async with validate_lock:
+        for tp in await raw_activity.idle_partitions():
+            source = f"{tp.topic}:{tp.partition}"
+            progress = raw_progress.get(source, NEG_INF)
             await out.broadcast_marker(
-                topics.by_impression, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
+                topics.by_impression, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS, idle=True
             )
         await out.flush()
 
@@ -86,8 +112,9 @@ class JoinPartition:
     """In-memory companions of one partition's join state: its watermark and what to expire."""
 
     def __init__(self) -> None:
-        self.watermark = MultiSourceWatermark(settings.idle_flush_timeout_ms / 1000)
+        self.watermark = MultiSourceWatermark()
         self.sent_watermark = NEG_INF
+        self.sent_idle = False
         self.last_ts: dict[bytes, int] = {}  # key -> latest event time (for TTL expiry)
         self.pending: set[bytes] = set()  # keys holding clicks that wait for their impression
         self.swept_at = NEG_INF
@@ -109,36 +136,63 @@ def partition_state(p: int) -> JoinPartition:
     return join_partitions.setdefault(p, JoinPartition())
 
 
-async def emit_outcome(out: BatchOutput, emit: list[Record], discard: list[Record]) -> None:
-    for rec in emit:
-        outcomes[f"counted:{rec['kind']}"] += 1
-        await out.send(topics.canonical, rec["campaign_id"].encode(), orjson.dumps(rec))
-    for rec in discard:
-        outcomes[rec["reason"]] += 1
-        await out.send(topics.discarded, rec["impression_id"].encode(), orjson.dumps(rec))
+class JoinBatch:
+    """One batch's view of the join state: entries are read once, changed in memory, and written
+    back only after the batch's outputs are on the broker (so "applied" implies "delivered")."""
+
+    def __init__(self, out: BatchOutput) -> None:
+        self.out = out
+        self.entries: dict[bytes, Record] = {}
+        self.writes: dict[bytes, bytes | None] = {}
+
+    def entry(self, key: bytes, p: int) -> Record:
+        e = self.entries.get(key)
+        if e is None:
+            raw = join_state.get(key)
+            e = self.entries[key] = orjson.loads(raw) if raw is not None else new_entry(p)
+        return e
+
+    async def emit(self, outcome: Outcome, seq_base: list[int] | None) -> None:
+        for i, rec in enumerate(outcome.emit):
+            outcomes[f"counted:{rec['kind']}"] += 1
+            # seq lets ctr/engagement recognise a canonical event produced again after a crash.
+            rec = {**rec, "seq": [*seq_base, i]} if seq_base is not None else rec
+            await self.out.send(topics.canonical, rec["campaign_id"].encode(), orjson.dumps(rec))
+        for rec in outcome.discard:
+            outcomes[rec["reason"]] += 1
+            await self.out.send(topics.discarded, rec["impression_id"].encode(), orjson.dumps(rec))
+
+    def changed(self, key: bytes, entry: Record, forget: bool = False) -> None:
+        self.writes[key] = None if forget else orjson.dumps(entry)
+
+    async def commit(self) -> None:
+        await self.out.flush()
+        for key, value in self.writes.items():
+            if value is not None:
+                join_state[key] = value
+            elif key in join_state:
+                del join_state[key]
 
 
-async def sweep(out: BatchOutput, part: JoinPartition, wm: int) -> None:
+async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
     """Orphan clicks past the join window; forget entries past the dedup TTL."""
     full = wm - part.swept_at >= SWEEP_EVERY_MS
     keys = list(part.last_ts) if full else list(part.pending)
     for key in keys:
-        raw = join_state.get(key)
-        if raw is None:
+        if key not in batch.entries and join_state.get(key) is None:
             part.last_ts.pop(key, None)
             part.pending.discard(key)
             continue
-        entry = orjson.loads(raw)
-        had_pending = bool(entry["pending"])
+        entry = batch.entry(key, p)
         forget, outcome = expire(entry, wm, settings.join_window_ms, settings.dedup_ttl_ms)
-        await emit_outcome(out, outcome.emit, outcome.discard)
+        await batch.emit(outcome, None)
         if not entry["pending"]:
             part.pending.discard(key)
         if forget:
-            del join_state[key]
+            batch.changed(key, entry, forget=True)
             part.last_ts.pop(key, None)
-        elif had_pending and outcome.discard:
-            join_state[key] = orjson.dumps(entry)
+        elif outcome.discard:
+            batch.changed(key, entry)
     if full:
         part.swept_at = wm
 
@@ -147,6 +201,7 @@ async def sweep(out: BatchOutput, part: JoinPartition, wm: int) -> None:
 async def join(stream: Any) -> None:
     out = BatchOutput(app)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+        batch = JoinBatch(out)
         touched: set[int] = set()
         for event in events:
             p = event.message.partition
@@ -154,27 +209,32 @@ async def join(stream: Any) -> None:
             rec = orjson.loads(event.value)
             touched.add(p)
             if rec.get("kind") == MARKER_KIND:
-                part.watermark.observe(rec["src"], rec["ts"], rec["of"])
+                part.watermark.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
                 continue
             key = event.key
-            raw = join_state.get(key)
-            entry = orjson.loads(raw) if raw is not None else new_entry(p)
-            outcome = on_event(entry, rec, part.watermark.value)
-            join_state[key] = orjson.dumps(entry)
+            entry = batch.entry(key, p)
+            if replayed(entry, rec["src"]):
+                outcomes["replayed"] += 1
+                continue
+            outcome = on_event(entry, rec, max(rec["at"], part.watermark.value))
+            mark_applied(entry, rec["src"])
+            batch.changed(key, entry)
             part.last_ts[key] = entry["t"]
             if entry["pending"]:
                 part.pending.add(key)
             else:
                 part.pending.discard(key)
-            await emit_outcome(out, outcome.emit, outcome.discard)
+            await batch.emit(outcome, [p, event.message.offset])
         for p in touched:
             part = join_partitions[p]
             wm = part.watermark.recompute()
+            idle = part.watermark.all_idle
             if wm > part.sent_watermark:
-                await sweep(out, part, wm)
-                await out.broadcast_marker(topics.canonical, PARTITIONS, f"join:{p}", wm, PARTITIONS)
-                part.sent_watermark = wm
-        await out.flush()
+                await sweep(batch, part, p, wm)
+            if wm > part.sent_watermark or idle != part.sent_idle:
+                await out.broadcast_marker(topics.canonical, PARTITIONS, f"join:{p}", wm, PARTITIONS, idle)
+                part.sent_watermark, part.sent_idle = wm, idle
+        await batch.commit()
 
 
 @app.page("/stats")

@@ -25,14 +25,32 @@ class Outcome:
 
 
 def new_entry(partition: int) -> Record:
-    return {"p": partition, "t": 0, "imp": None, "clicks": [], "pending": []}
+    return {"p": partition, "t": 0, "imp": None, "clicks": [], "pending": [], "u": {}}
+
+
+def replayed(entry: Record, src: str) -> bool:
+    """True if this raw message (topic:partition:offset) was already applied to the entry: after a
+    crash, validate may re-send it and join may re-read it; the entry's own marks say so."""
+    source, _, offset = src.rpartition(":")
+    last = entry.setdefault("u", {}).get(source)
+    return last is not None and int(offset) <= last
+
+
+def mark_applied(entry: Record, src: str) -> None:
+    source, _, offset = src.rpartition(":")
+    entry.setdefault("u", {})[source] = int(offset)
 
 
 def joined_click(click: Record, imp: Record) -> Record:
-    out = {k: v for k, v in click.items() if k != "wait_from"}
+    out = canonical(click)
     for f in INHERITED:
         out[f] = imp[f]
     return out
+
+
+def canonical(rec: Record) -> Record:
+    """What leaves ingest: the event without the join's bookkeeping."""
+    return {k: v for k, v in rec.items() if k not in ("at", "wait_from")}
 
 
 def discard(rec: Record, reason: str) -> Record:
@@ -46,17 +64,20 @@ def discard(rec: Record, reason: str) -> Record:
     }
 
 
-def on_event(entry: Record, rec: Record, watermark_ms: int) -> Outcome:
-    """Apply one validated impression or click to its impression's entry (mutates the entry)."""
+def on_event(entry: Record, rec: Record, arrival_ms: int) -> Outcome:
+    """Apply one validated impression or click to its impression's entry (mutates the entry).
+
+    arrival_ms: where the stream stood when the event arrived (its source's event-time progress),
+    from which a click's wait for its impression and an id's TTL are measured."""
     out = Outcome()
     # TTL clock: event time, but never before arrival (an old event's id is remembered full TTL too).
-    entry["t"] = max(entry["t"], rec["ts"], watermark_ms)
+    entry["t"] = max(entry["t"], rec["ts"], arrival_ms)
     if rec["kind"] == "impression":
         if entry["imp"] is not None:
             out.discard.append(discard(rec, "duplicate"))
             return out
         entry["imp"] = {f: rec[f] for f in (*INHERITED, "ts")}
-        out.emit.append(rec)
+        out.emit.append(canonical(rec))
         for click in entry["pending"]:
             out.emit.append(joined_click(click, rec))
             entry["clicks"].append(click["id"])
@@ -69,9 +90,10 @@ def on_event(entry: Record, rec: Record, watermark_ms: int) -> Outcome:
         out.emit.append(joined_click(rec, entry["imp"]))
         entry["clicks"].append(rec["id"])
     else:
-        # The wait starts when the click arrives, not at its own timestamp: an old click still gets
-        # the full join window to meet its impression (and is then judged late, not orphan).
-        entry["pending"].append({**rec, "wait_from": max(rec["ts"], watermark_ms)})
+        # The wait starts where the stream stood when the click arrived, not at its own timestamp:
+        # an old click still gets the full join window to meet its impression (and is then judged
+        # late, not orphan), and so does a click read long before the impressions caught up.
+        entry["pending"].append({**rec, "wait_from": max(rec["ts"], arrival_ms)})
     return out
 
 
