@@ -25,9 +25,10 @@ class TopicNames:
 
     # ingest internals and outputs
     @property
-    def by_impression(self) -> str:
-        """Validated impressions and clicks re-keyed by impression_id (co-partitions the join)."""
-        return self._t("ingest-by-impression")
+    def by_event_key(self) -> str:
+        """Validated events re-keyed by their dedup key: impression_id for impressions and clicks
+        (co-partitions the click→impression join), a content hash for id-less sources."""
+        return self._t("ingest-by-key")
 
     @property
     def canonical(self) -> str:
@@ -76,13 +77,13 @@ class TopicNames:
         return self._t("alert-deliveries")
 
     def raw_sources(self) -> list[str]:
-        return [self.impressions, self.clicks]
+        return [self.impressions, self.clicks, self.ad_events, self.clickstream]
 
     def all(self) -> list[str]:
         return [
             self.impressions,
             self.clicks,
-            self.by_impression,
+            self.by_event_key,
             self.canonical,
             self.dead_letters,
             self.discarded,

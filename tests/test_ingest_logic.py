@@ -3,7 +3,14 @@
 import orjson
 import pytest
 
-from services.ingest.formats import Limits, Rejected, parse_click, parse_impression
+from services.ingest.formats import (
+    Limits,
+    Rejected,
+    parse_ad_event,
+    parse_click,
+    parse_clickstream,
+    parse_impression,
+)
 from services.ingest.join import expire, new_entry, on_event
 from shared.watermarks import NEG_INF
 
@@ -117,3 +124,80 @@ def test_an_old_click_gets_the_full_join_window_from_its_arrival():
     out = on_event(e, impression(), wm)
     assert [r["kind"] for r in out.emit] == ["impression", "click"]
     assert "wait_from" not in out.emit[1]
+
+
+def ad_event(**kw):
+    base = {
+        "user_id": "u1",
+        "page_id": "p1",
+        "ad_id": "a1",
+        "campaign_id": "c1",
+        "ad_type": "banner",
+        "event_type": "view",
+        "event_time_ns": TS * 1_000_000 + 123,
+        "window_id": "w",
+        "ip_address": "10.0.0.1",
+    }
+    base.update(kw)
+    return orjson.dumps(base)
+
+
+def test_ad_events_map_view_click_purchase_and_nanoseconds():
+    assert parse_ad_event(ad_event(), LIM)["kind"] == "impression"
+    assert parse_ad_event(ad_event(event_type="click"), LIM)["kind"] == "click"
+    r = parse_ad_event(ad_event(event_type="purchase"), LIM)
+    assert r["kind"] == "conversion" and r["ts"] == TS and r["campaign_id"] == "c1"
+
+
+def test_ad_events_without_id_dedup_on_a_stable_content_hash():
+    a, b = parse_ad_event(ad_event(), LIM), parse_ad_event(ad_event(), LIM)
+    assert a["id"] == b["id"] == a["dedup_key"]
+    assert parse_ad_event(ad_event(event_time_ns=TS * 1_000_000 + 124), LIM)["id"] != a["id"]
+    e = new_entry(0)
+    a["src"], b["src"] = "ad:0:1", "ad:0:2"
+    assert len(on_event(e, a, NEG_INF).emit) == 1
+    assert on_event(e, b, NEG_INF).discard[0]["reason"] == "duplicate"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (ad_event(event_type="hover"), "bad_value"),
+        (ad_event(event_time_ns=float(TS) * 1e6), "wrong_type"),
+        (ad_event(event_time_ns=TS), "bad_timestamp"),  # milliseconds sent as nanoseconds
+        (ad_event(campaign_id=""), "empty_id"),
+    ],
+)
+def test_bad_ad_events(raw, reason):
+    with pytest.raises(Rejected) as e:
+        parse_ad_event(raw, LIM)
+    assert e.value.reason == reason
+
+
+def cs(**kw):
+    base = {
+        "user_id": "u1",
+        "item_id": "i1",
+        "interaction_type": "add_to_cart",
+        "timestamp": TS,
+        "experiment_name": "exp",
+        "experiment_variation": "control",
+        "session_id": "s1",
+        "device_name": "ios",
+    }
+    base.update(kw)
+    return orjson.dumps(base)
+
+
+@pytest.mark.parametrize(
+    "ts", [TS, "2023-11-14T22:13:20+00:00", "2023-11-14T22:13:20Z", "2023-11-15T00:13:20+02:00"]
+)
+def test_clickstream_timestamps_ms_or_iso_with_zone(ts):
+    r = parse_clickstream(cs(timestamp=ts), LIM)
+    assert r["ts"] == TS and r["kind"] == "add_to_cart" and r["device_type"] == "ios"
+
+
+@pytest.mark.parametrize("ts", ["2023-11-14T22:13:20", "yesterday", "", None, True, 1_700_000_000])
+def test_clickstream_other_timestamps_are_dead_lettered(ts):
+    with pytest.raises(Rejected):
+        parse_clickstream(cs(timestamp=ts), LIM)

@@ -15,7 +15,14 @@ import orjson
 from faust.types import EventT
 
 from services.ingest.app import app, settings
-from services.ingest.formats import Limits, Rejected, parse_click, parse_impression
+from services.ingest.formats import (
+    Limits,
+    Rejected,
+    parse_ad_event,
+    parse_click,
+    parse_clickstream,
+    parse_impression,
+)
 from services.ingest.join import Outcome, Record, expire, mark_applied, new_entry, on_event, replayed
 from shared.app import keyed_table, raw_schema
 from shared.batch_output import BatchOutput
@@ -28,9 +35,20 @@ topics = topic_names(settings)
 limits = Limits.from_settings(settings)
 PARTITIONS = settings.topic_partitions
 raw_topic = app.topic(*topics.raw_sources(), schema=raw_schema())
-by_impression_topic = app.topic(topics.by_impression, partitions=PARTITIONS, schema=raw_schema())
+by_key_topic = app.topic(topics.by_event_key, partitions=PARTITIONS, schema=raw_schema())
 
-PARSERS = {topics.impressions: parse_impression, topics.clicks: parse_click}
+PARSERS = {
+    topics.impressions: parse_impression,
+    topics.clicks: parse_click,
+    topics.ad_events: parse_ad_event,
+    topics.clickstream: parse_clickstream,
+}
+SOURCE_NAMES = {
+    topics.impressions: "impressions",
+    topics.clicks: "clicks",
+    topics.ad_events: "ad_events",
+    topics.clickstream: "clickstream",
+}
 RAW_SOURCE_PARTITIONS = len(PARSERS) * PARTITIONS
 
 join_state = keyed_table(app, "join_state", PARTITIONS)  # key: impression_id
@@ -79,6 +97,7 @@ async def validate(stream: Any) -> None:
                     await out.send(topics.dead_letters, m.key, event.value or b"", headers=headers)
                     continue
                 rec["src"] = src_of(event)
+                rec["source"] = SOURCE_NAMES[m.topic]
                 source = f"{m.topic}:{m.partition}"
                 if rec["ts"] > progress.get(source, NEG_INF):
                     progress[source] = rec["ts"]
@@ -86,10 +105,10 @@ async def validate(stream: Any) -> None:
                 # join measures a click's wait and an id's TTL from here.
                 rec["at"] = progress[source]
                 touched.add(source)
-                await out.send(topics.by_impression, rec["impression_id"].encode(), orjson.dumps(rec))
+                await out.send(topics.by_event_key, rec["dedup_key"].encode(), orjson.dumps(rec))
             for source in touched:
                 await out.broadcast_marker(
-                    topics.by_impression, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
+                    topics.by_event_key, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
                 )
             await out.flush()
 
@@ -103,7 +122,7 @@ async def mark_idle_sources() -> None:
             source = f"{tp.topic}:{tp.partition}"
             progress = raw_progress.get(source, NEG_INF)
             await out.broadcast_marker(
-                topics.by_impression, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS, idle=True
+                topics.by_event_key, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS, idle=True
             )
         await out.flush()
 
@@ -157,10 +176,12 @@ class JoinBatch:
             outcomes[f"counted:{rec['kind']}"] += 1
             # seq lets ctr/engagement recognise a canonical event produced again after a crash.
             rec = {**rec, "seq": [*seq_base, i]} if seq_base is not None else rec
-            await self.out.send(topics.canonical, rec["campaign_id"].encode(), orjson.dumps(rec))
+            # By campaign for ctr; clickstream events have none and go by user.
+            key = rec.get("campaign_id") or rec["user_id"]
+            await self.out.send(topics.canonical, key.encode(), orjson.dumps(rec))
         for rec in outcome.discard:
             outcomes[rec["reason"]] += 1
-            await self.out.send(topics.discarded, rec["impression_id"].encode(), orjson.dumps(rec))
+            await self.out.send(topics.discarded, rec["src"].encode(), orjson.dumps(rec))
 
     def changed(self, key: bytes, entry: Record, forget: bool = False) -> None:
         self.writes[key] = None if forget else orjson.dumps(entry)
@@ -197,7 +218,7 @@ async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
         part.swept_at = wm
 
 
-@app.agent(by_impression_topic)
+@app.agent(by_key_topic)
 async def join(stream: Any) -> None:
     out = BatchOutput(app)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):

@@ -6,9 +6,11 @@ machine-readable reason. It never raises anything else for any input: see tests/
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -112,7 +114,7 @@ def money_micros(obj: dict[str, Any], field: str) -> int:
 
 def parse_impression(raw: bytes | None, limits: Limits) -> dict[str, Any]:
     o = decode_object(raw, limits)
-    return {
+    rec = {
         "kind": "impression",
         "id": req_id(o, "impression_id"),
         "impression_id": req_id(o, "impression_id"),
@@ -124,14 +126,128 @@ def parse_impression(raw: bytes | None, limits: Limits) -> dict[str, Any]:
         "ts": epoch_ms(o, "event_timestamp", limits),
         "cost_micros": money_micros(o, "cost"),
     }
+    rec["dedup_key"] = rec["impression_id"]  # the impression, its clicks and their copies meet
+    return rec
 
 
 def parse_click(raw: bytes | None, limits: Limits) -> dict[str, Any]:
     o = decode_object(raw, limits)
-    return {
+    rec = {
         "kind": "click",
         "id": req_id(o, "click_id"),
         "impression_id": req_id(o, "impression_id"),
         "user_id": req_id(o, "user_id"),
         "ts": epoch_ms(o, "event_timestamp", limits),
     }
+    rec["dedup_key"] = rec["impression_id"]
+    return rec
+
+
+AD_EVENT_KINDS = {"view": "impression", "click": "click", "purchase": "conversion"}
+CLICKSTREAM_KINDS = {
+    "view": "item_view",
+    "click": "item_click",
+    "add_to_cart": "add_to_cart",
+    "purchase": "purchase",
+}
+NS_PER_MS = 1_000_000
+
+
+def content_id(source: str, obj: dict[str, Any], fields: tuple[str, ...]) -> str:
+    """A stable id for sources without one: the same event sent twice hashes the same, so it can
+    be deduplicated (within the dedup TTL) like an event with an id."""
+    digest = hashlib.blake2b(orjson.dumps([source, *(obj.get(f) for f in fields)]), digest_size=12)
+    return digest.hexdigest()
+
+
+def choice(obj: dict[str, Any], field: str, allowed: dict[str, str]) -> str:
+    v = obj.get(field)
+    if v is None:
+        raise Rejected("missing_field", field)
+    if not isinstance(v, str):
+        raise Rejected("wrong_type", f"{field}: {type(v).__name__}")
+    if v not in allowed:
+        raise Rejected("bad_value", f"{field}: {v[:40]!r} not one of {sorted(allowed)}")
+    return allowed[v]
+
+
+def epoch_ns_to_ms(obj: dict[str, Any], field: str, limits: Limits) -> int:
+    if field not in obj or obj[field] is None:
+        raise Rejected("missing_field", field)
+    v = obj[field]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise Rejected("wrong_type", f"{field}: {type(v).__name__} (integer nanoseconds expected)")
+    return check_ts(v // NS_PER_MS, field, limits)
+
+
+def ms_or_iso(obj: dict[str, Any], field: str, limits: Limits) -> int:
+    """Epoch milliseconds, or ISO-8601 with a zone; anything else is rejected."""
+    v = obj.get(field)
+    if isinstance(v, str):
+        try:
+            dt = datetime.fromisoformat(v.strip())
+        except ValueError:
+            raise Rejected("bad_timestamp", f"{field}: not ISO-8601: {v[:40]!r}") from None
+        if dt.tzinfo is None:
+            raise Rejected("bad_timestamp", f"{field}: ISO-8601 without a zone: {v[:40]!r}")
+        return check_ts(int(dt.timestamp() * 1000), field, limits)
+    return epoch_ms(obj, field, limits)
+
+
+AD_EVENT_FIELDS = (
+    "user_id",
+    "page_id",
+    "ad_id",
+    "campaign_id",
+    "ad_type",
+    "event_type",
+    "event_time_ns",
+    "window_id",
+    "ip_address",
+)
+CLICKSTREAM_FIELDS = (
+    "user_id",
+    "item_id",
+    "interaction_type",
+    "timestamp",
+    "experiment_name",
+    "experiment_variation",
+    "session_id",
+    "device_name",
+)
+
+
+def parse_ad_event(raw: bytes | None, limits: Limits) -> dict[str, Any]:
+    o = decode_object(raw, limits)
+    rec = {
+        "kind": choice(o, "event_type", AD_EVENT_KINDS),
+        "user_id": req_id(o, "user_id"),
+        "campaign_id": req_id(o, "campaign_id"),
+        "ad_id": req_id(o, "ad_id"),
+        "page_id": opt_str(o, "page_id"),
+        "ad_type": opt_str(o, "ad_type"),
+        "device_type": "unknown",
+        "browser": "unknown",
+        "ts": epoch_ns_to_ms(o, "event_time_ns", limits),
+        "cost_micros": 0,
+    }
+    rec["id"] = content_id("ad-events", o, AD_EVENT_FIELDS)
+    rec["dedup_key"] = rec["id"]
+    return rec
+
+
+def parse_clickstream(raw: bytes | None, limits: Limits) -> dict[str, Any]:
+    o = decode_object(raw, limits)
+    rec = {
+        "kind": choice(o, "interaction_type", CLICKSTREAM_KINDS),
+        "user_id": req_id(o, "user_id"),
+        "item_id": req_id(o, "item_id"),
+        "experiment_name": opt_str(o, "experiment_name", ""),
+        "experiment_variation": opt_str(o, "experiment_variation", ""),
+        "session_id": opt_str(o, "session_id", ""),
+        "device_type": opt_str(o, "device_name"),
+        "ts": ms_or_iso(o, "timestamp", limits),
+    }
+    rec["id"] = content_id("clickstream", o, CLICKSTREAM_FIELDS)
+    rec["dedup_key"] = rec["id"]
+    return rec

@@ -50,7 +50,7 @@ def joined_click(click: Record, imp: Record) -> Record:
 
 def canonical(rec: Record) -> Record:
     """What leaves ingest: the event without the join's bookkeeping."""
-    return {k: v for k, v in rec.items() if k not in ("at", "wait_from")}
+    return {k: v for k, v in rec.items() if k not in ("at", "wait_from", "dedup_key")}
 
 
 def discard(rec: Record, reason: str) -> Record:
@@ -58,7 +58,7 @@ def discard(rec: Record, reason: str) -> Record:
         "reason": reason,
         "kind": rec["kind"],
         "id": rec["id"],
-        "impression_id": rec["impression_id"],
+        "impression_id": rec.get("impression_id", ""),
         "ts": rec["ts"],
         "src": rec["src"],
     }
@@ -72,6 +72,15 @@ def on_event(entry: Record, rec: Record, arrival_ms: int) -> Outcome:
     out = Outcome()
     # TTL clock: event time, but never before arrival (an old event's id is remembered full TTL too).
     entry["t"] = max(entry["t"], rec["ts"], arrival_ms)
+    if "impression_id" not in rec:
+        # Sources without a click→impression relation (ad-events, clickstream): dedup only, the
+        # key being the event's content hash.
+        if entry.get("seen"):
+            out.discard.append(discard(rec, "duplicate"))
+        else:
+            entry["seen"] = 1
+            out.emit.append(canonical(rec))
+        return out
     if rec["kind"] == "impression":
         if entry["imp"] is not None:
             out.discard.append(discard(rec, "duplicate"))
