@@ -11,6 +11,7 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
+from faust import web
 
 from shared.settings import Settings, get_settings
 from shared.topics import topic_names
@@ -117,4 +118,21 @@ def make_app(service: str, web_port: int, settings: Settings | None = None) -> M
         logging_config=None,
     )
     app.mesh_settings = settings
+    add_health_views(app, service)
     return app
+
+
+def add_health_views(app: faust.App, service: str) -> None:
+    """/health: the process answers. /ready: it has partitions assigned and is not rebalancing.
+    (faust starts its web server only after table recovery, so answering implies recovered.)"""
+
+    @app.page("/health")
+    async def health(view: web.View, request: web.Request) -> web.Response:
+        return view.json({"status": "ok", "service": service})
+
+    @app.page("/ready")
+    async def ready(view: web.View, request: web.Request) -> web.Response:
+        assigned = len(app.consumer.assignment()) if app.consumer else 0
+        ok = not app.rebalancing and assigned > 0
+        body = {"ready": ok, "service": service, "assigned_partitions": assigned}
+        return view.json(body, status=200 if ok else 503)

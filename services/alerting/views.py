@@ -13,8 +13,9 @@ async def pending_alerts(web: Any, request: Any) -> Any:
     return web.json(deliverer.pending())
 
 
-@app.page("/health")
-async def health(web: Any, request: Any) -> Any:
+@app.page("/alerts/status")
+async def delivery_status(web: Any, request: Any) -> Any:
+    """Slack mode and backlog (the generic /health and /ready come from shared.app)."""
     pending = deliverer.pending()
     return web.json(
         {
