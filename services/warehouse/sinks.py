@@ -96,6 +96,38 @@ def discarded_row(m: Message) -> Row:
     return [r["reason"], r["src"], r["kind"], r["id"], r["impression_id"], r["ts"]]
 
 
+def anomaly_row(m: Message) -> Row:
+    # Fields an event kind lacks (a "resolved" has no score, only it has "resolves") stay NULL / ''.
+    r = _json(m)
+    text = ("direction", "severity", "incident_id", "supersedes", "resolves", "reason")
+    return [
+        r["anomaly_id"],
+        r["kind"],
+        r["key_type"],
+        r["key"],
+        r["window_start"],
+        r["window_end"],
+        r.get("observed"),
+        r.get("expected"),
+        r.get("score"),
+        *(r.get(name) or "" for name in text),
+        r.get("detected_at_ms", m.timestamp_ms),
+    ]
+
+
+def alert_row(m: Message) -> Row:
+    r = _json(m)
+    optional = (r.get("error"), r.get("slack_ts"), r.get("channel"))
+    return [
+        r["anomaly_id"],
+        r["attempt"],
+        r["status"],
+        r.get("http_status"),
+        *(v or "" for v in optional),
+        r["at_ms"],
+    ]
+
+
 def sinks_for(topics: TopicNames) -> dict[str, Sink]:
     return {
         topics.ctr_metrics: Sink(
@@ -140,5 +172,32 @@ def sinks_for(topics: TopicNames) -> dict[str, Sink]:
             "fct_discarded_event",
             ["reason", "source", "kind", "event_id", "impression_id", "event_time"],
             discarded_row,
+        ),
+        topics.anomalies: Sink(
+            "fct_anomaly",
+            [
+                "anomaly_id",
+                "kind",
+                "key_type",
+                "key",
+                "window_start",
+                "window_end",
+                "observed",
+                "expected",
+                "score",
+                "direction",
+                "severity",
+                "incident_id",
+                "supersedes",
+                "resolves",
+                "reason",
+                "detected_at",
+            ],
+            anomaly_row,
+        ),
+        topics.alert_deliveries: Sink(
+            "fct_alert",
+            ["anomaly_id", "attempt", "status", "http_status", "error", "slack_ts", "channel", "at"],
+            alert_row,
         ),
     }
