@@ -13,6 +13,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 from faust import web
 
+from shared.kafka_security import aiokafka_kwargs, faust_credentials
 from shared.settings import Settings, get_settings
 from shared.topics import topic_names
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 async def ensure_topics(settings: Settings, names: list[str]) -> None:
     """Create the project's topics with explicit partition counts (the broker never auto-creates)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**aiokafka_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -92,6 +93,7 @@ def make_app(service: str, web_port: int, settings: Settings | None = None) -> M
     app = MeshApp(
         f"{settings.topic_prefix}adclick-{service}",
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=f"{settings.data_dir}/faust/{{conf.name}}",
         topic_partitions=settings.topic_partitions,

@@ -24,7 +24,7 @@ T = TypeVar("T")
 MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-def connect(dsn: str) -> Client:
+def connect(dsn: str, *, ca_cert: str = "", verify: bool = True) -> Client:
     if dsn.startswith("chdb://"):
         path = Path(dsn.removeprefix("chdb://")).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,10 @@ def connect(dsn: str) -> Client:
     parts = urlsplit(dsn)
     if parts.scheme not in ("http", "https"):
         raise ValueError("CLICKHOUSE_DSN must start with chdb://, http:// or https://")
-    return clickhouse_connect.get_client(dsn=dsn)
+    tls: dict[str, Any] = {"verify": verify}
+    if ca_cert:
+        tls["ca_cert"] = ca_cert
+    return clickhouse_connect.get_client(dsn=dsn, **(tls if parts.scheme == "https" else {}))
 
 
 def redact(dsn: str) -> str:
@@ -90,14 +93,15 @@ def read_only_sql(sql: str) -> str:
 class ClickHouse:
     """One client, one thread: every call goes through `run` so chDB is used by one thread only."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, ca_cert: str = "", verify: bool = True) -> None:
         self.dsn = dsn
+        self._tls = {"ca_cert": ca_cert, "verify": verify}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Client | None = None
 
     def _client_sync(self) -> Client:
         if self._client is None:
-            self._client = connect(self.dsn)
+            self._client = connect(self.dsn, **self._tls)
         return self._client
 
     async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,10 +20,21 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     topic_partitions: int = Field(3, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
+    # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
 
     # --- ClickHouse ------------------------------------------------------------------------
     # chdb:///abs/path (embedded, owned by the warehouse service) or http(s)://user:pass@host:8123/db
     clickhouse_dsn: SecretStr = SecretStr("chdb://./data/chdb")
+    # For https:// DSNs: CA bundle to verify the server with, and whether to verify at all.
+    clickhouse_ca_cert: str = ""
+    clickhouse_verify_tls: bool = True
     warehouse_batch_rows: int = Field(5000, ge=1)
     warehouse_batch_seconds: float = Field(0.25, gt=0)
 

@@ -15,6 +15,7 @@ from services.generator.batching import BatchSender, Deliveries
 from services.generator.spec import Format, GeneratedMessage, TopicKind, TrafficSpec
 from services.generator.traffic import TrafficGenerator
 from shared.app import ensure_topics
+from shared.kafka_security import aiokafka_kwargs
 from shared.settings import Settings
 from shared.topics import topic_names
 
@@ -46,7 +47,7 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     # Idempotence keeps each partition in send order even when a batch is retried, which the
     # truth labels (duplicates, clicks before impressions) rely on.
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **aiokafka_kwargs(settings),
         linger_ms=5,
         max_batch_size=1_048_576,
         acks="all",

@@ -5,4 +5,8 @@ from shared.settings import get_settings
 settings = get_settings()
 app = make_app("warehouse", settings.warehouse_web_port)
 # The one owner of the ClickHouse connection (with chDB: of its files) in the mesh.
-clickhouse = ClickHouse(settings.clickhouse_dsn.get_secret_value())
+clickhouse = ClickHouse(
+    settings.clickhouse_dsn.get_secret_value(),
+    ca_cert=settings.clickhouse_ca_cert,
+    verify=settings.clickhouse_verify_tls,
+)
