@@ -90,6 +90,13 @@ class WindowedAggregation:
         self._indexed = False
 
     # -- partitions --------------------------------------------------------------------------
+    def forget_partitions(self) -> None:
+        """After a rebalance: the table may now hold other partitions (or newer state written by
+        another worker); rebuild the in-memory index from it at the next batch, i.e. after faust
+        finished recovering the tables."""
+        self.partitions.clear()
+        self._indexed = False
+
     def clock(self, p: int) -> PartitionClock:
         if not self._indexed:
             self._index_restored_state()

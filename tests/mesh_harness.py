@@ -95,13 +95,18 @@ class Mesh:
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    def start(self, *names: str, wait: bool = True) -> None:
-        for name in names:
+    def start(self, *names: str, wait: bool = True, instance: str = "") -> None:
+        """Start services; `instance` runs another worker of the same service (same consumer group)
+        under the name f"{name}{instance}", with its own data dir and web port."""
+        for service in names:
+            name = f"{service}{instance}"
             port = free_port()
             log_path = self.workdir / f"{name}.log"
-            env = {**self.env, f"{name.upper()}_WEB_PORT": str(port)}
+            env = {**self.env, f"{service.upper()}_WEB_PORT": str(port)}
+            if instance:
+                env["DATA_DIR"] = str(self.workdir / f"data{instance}")
             proc = subprocess.Popen(
-                [sys.executable, "-m", "faust", "-A", f"services.{name}", "worker", "-l", "info"],
+                [sys.executable, "-m", "faust", "-A", f"services.{service}", "worker", "-l", "info"],
                 cwd=ROOT,
                 env=env,
                 stdout=log_path.open("wb"),
@@ -110,7 +115,8 @@ class Mesh:
             )
             self.services[name] = Service(name, proc, port, log_path)
         if wait:
-            for name in names:
+            for service in names:
+                name = f"{service}{instance}"
                 wait_for(self.services[name].ready, 90, f"{name} to be ready")
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:

@@ -82,3 +82,51 @@ def test_kill_9_of_each_service_mid_stream_changes_nothing(mesh_factory):
     assert got["orphan"] == exp.orphan
     assert got["late"] == exp.late
     assert accounted(mesh) == len(sent)
+
+
+def test_a_second_ctr_worker_joins_and_leaves_mid_stream(mesh_factory):
+    mesh = mesh_factory(**SETTINGS)
+    mesh.start("ingest", "ctr", "warehouse")
+    spec = TrafficSpec(
+        n_events=8_000,
+        seed=31,
+        start_ms=(int(time.time()) - 1_200) * 1000,
+        rate=60.0,
+        click_ratio=0.08,
+        campaigns=12,
+        dup_fraction=0.02,
+        ooo_fraction=0.05,
+        click_first_fraction=0.05,
+        late_fraction=0.01,
+        malformed_fraction=0.01,
+    )
+    messages = [(m.topic_kind, m.key, m.value) for m in TrafficGenerator(spec)]
+    last_ts = max(m.at_ms for m in TrafficGenerator(spec))
+    messages += tail(last_ts + 20_000 + 3_000 + 5_000, 100)
+    thirds = [
+        messages[: len(messages) // 3],
+        messages[len(messages) // 3 : 2 * len(messages) // 3],
+        messages[2 * len(messages) // 3 :],
+    ]
+
+    sent = asyncio.run(produce(mesh, thirds[0]))
+    mesh.start("ctr", instance="-2")  # joins: partitions and their table state move to it
+    sent += asyncio.run(produce(mesh, thirds[1]))
+    wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "windows")
+    mesh.stop("ctr-2")  # leaves: its partitions come back with the state it wrote
+    sent += asyncio.run(produce(mesh, thirds[2]))
+
+    exp = expected(
+        sent,
+        window_ms=10_000,
+        lateness_ms=30_000,
+        delay_ms=3_000,
+        stream_start_ms=spec.start_ms,
+        now_ms=int(time.time() * 1000),
+    )
+    wait_for(lambda: accounted(mesh) >= len(sent), timeout=240, what="every message to be accounted for")
+    time.sleep(2.0)
+    got = observed(mesh)
+    assert got["windows"] == dict(exp.windows)
+    assert got["late"] == exp.late
+    assert accounted(mesh) == len(sent)

@@ -52,6 +52,11 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
         ctr_latest[key] = orjson.dumps(shift_latest(orjson.loads(current) if current else None, metrics))
 
 
+@app.on_partitions_assigned.connect
+async def reindex_after_rebalance(app: Any, assigned: Any, **kwargs: Any) -> None:
+    windows.forget_partitions()
+
+
 @app.agent(canonical_topic)
 async def count_windows(stream: Any) -> None:
     out = BatchOutput(app)

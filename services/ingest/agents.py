@@ -218,6 +218,12 @@ async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
         part.swept_at = wm
 
 
+@app.on_partitions_assigned.connect
+async def reindex_after_rebalance(app: Any, assigned: Any, **kwargs: Any) -> None:
+    # Rebuilt from the recovered table at the next batch (see partition_state).
+    join_partitions.clear()
+
+
 @app.agent(by_key_topic)
 async def join(stream: Any) -> None:
     out = BatchOutput(app)
