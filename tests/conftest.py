@@ -13,13 +13,30 @@ import pytest
 from tests.mesh_harness import ROOT, Mesh, free_port, port_open
 
 
+class KafkaBroker:
+    """The session's broker. `restart()` works only for a broker this session started itself."""
+
+    def __init__(self, bootstrap: str, env: dict[str, str] | None) -> None:
+        self.bootstrap = bootstrap
+        self.env = env  # None: an external broker we must not touch
+        self.script = str(ROOT / "deploy" / "kafka.sh")
+
+    def stop(self) -> None:
+        assert self.env is not None, "not our broker"
+        subprocess.run(["bash", self.script, "stop"], env=self.env, check=True)
+
+    def start(self) -> None:
+        assert self.env is not None, "not our broker"
+        subprocess.run(["bash", self.script, "start"], env=self.env, check=True)
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     given = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
     if given:
         host, port = given.rsplit(":", 1)
         assert port_open(host, int(port)), f"TEST_KAFKA_BOOTSTRAP_SERVERS={given} does not answer"
-        yield given
+        yield KafkaBroker(given, None)
         return
     # Our own broker on free ports and a throwaway state dir: never touches a mesh you run locally.
     state = tmp_path_factory.mktemp("kafka")
@@ -29,12 +46,17 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "KAFKA_CONTROLLER_PORT": str(free_port()),
         "KAFKA_STATE_DIR": str(state),
     }
-    script = str(ROOT / "deploy" / "kafka.sh")
-    subprocess.run(["bash", script, "start"], env=env, check=True)
+    broker = KafkaBroker(f"127.0.0.1:{env['KAFKA_PORT']}", env)
+    broker.start()
     try:
-        yield f"127.0.0.1:{env['KAFKA_PORT']}"
+        yield broker
     finally:
-        subprocess.run(["bash", script, "stop"], env=env, check=False)
+        subprocess.run(["bash", broker.script, "stop"], env=env, check=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    return kafka_broker.bootstrap
 
 
 @pytest.fixture

