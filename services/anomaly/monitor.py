@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, MutableMapping
+from functools import cache
 from typing import Any
 
 import orjson
@@ -93,6 +94,7 @@ def feed(
     return [event] if event is not None else []
 
 
+@cache
 def partition_key(name: str, partition: int, partitions: int) -> bytes:
     """A table key that lands in `partition` itself (KeyedTable partitions by the key's hash), so a
     partition's progress is restored by the worker that owns that partition's campaigns."""
