@@ -147,7 +147,8 @@ def load(source: Source, since_ms: int, until_ms: int) -> ReportData:
             return source.query(sql.format(since=since, bucket=bucket)).rows
         except QueryError as exc:
             log.warning("%s: %s", section, exc)
-            data.errors[section] = str(exc)
+            # ClickHouse repeats the whole query after " In scope": the reason is enough here
+            data.errors[section] = str(exc).split(". In scope ")[0]
             return None
 
     if (rows := run("campaigns", CAMPAIGN_SQL)) is not None:
