@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash deploy/setup.sh
 
-SERVICES="${SERVICES:-ingest ctr warehouse anomaly alerting}"
+SERVICES="${SERVICES:-ingest ctr warehouse engagement anomaly alerting}"
 mkdir -p data/logs
 started_broker=0
 pids=()

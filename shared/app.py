@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -55,13 +56,19 @@ class KeyedTable(faust.Table):
 
     Keyed like the input topic, so state sits in the partition that owns its input; and unlike
     faust's `use_partitioner`, writes work from timers and before the producer has metadata.
+    With `partition_by`, an entry takes the partition of the key it names instead (e.g. one
+    member of an aggregate's set goes where the aggregate's input and state are).
     """
 
+    partition_by: Callable[[bytes], bytes] | None = None
+
     def partition_for_key(self, key: Any) -> int:
-        return key_partition(key, self.partitions)
+        return key_partition(self.partition_by(key) if self.partition_by else key, self.partitions)
 
 
-def keyed_table(app: faust.App, name: str, partitions: int) -> KeyedTable:
+def keyed_table(
+    app: faust.App, name: str, partitions: int, partition_by: Callable[[bytes], bytes] | None = None
+) -> KeyedTable:
     """bytes -> bytes table (values are orjson, small per key: never a growing list)."""
     table = KeyedTable(
         app,
@@ -74,6 +81,7 @@ def keyed_table(app: faust.App, name: str, partitions: int) -> KeyedTable:
         key_type=bytes,
         value_type=bytes,
     )
+    table.partition_by = partition_by
     return app.tables.add(table)
 
 

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     ctr_web_port: int = 6067
     warehouse_web_port: int = 6068
     generator_web_port: int = 6069
+    engagement_web_port: int = 6072
     batch_max_events: int = Field(2000, ge=1)
     batch_within_seconds: float = Field(0.05, gt=0)
     log_level: str = "info"

@@ -63,6 +63,12 @@ class TopicNames:
         return self._t("clickstream")
 
     @property
+    def engagement_by_key(self) -> str:
+        """Canonical events fanned out by the engagement service, keyed "device:<d>", "user:<u>",
+        "item:<i>" or "experiment:<name>" (one message per dimension an event has), plus markers."""
+        return self._t("engagement-by-key")
+
+    @property
     def engagement_metrics(self) -> str:
         """Closed-window results of the engagement service (device, user, item, experiment)."""
         return self._t("engagement-metrics")
@@ -91,6 +97,7 @@ class TopicNames:
             self.ctr_metrics,
             self.ad_events,
             self.clickstream,
+            self.engagement_by_key,
             self.engagement_metrics,
             self.anomalies,
             self.alert_deliveries,

@@ -17,13 +17,14 @@ from typing import Any
 from faust.types import EventT
 
 from services.warehouse.app import app, clickhouse, settings
-from services.warehouse.sinks import Message, Row, sinks_for
+from services.warehouse.sinks import Message, Row, columns_by_table, sinks_for
 from shared.app import raw_schema
 from shared.topics import topic_names
 
 log = logging.getLogger(__name__)
 topics = topic_names(settings)
 SINKS = sinks_for(topics)
+COLUMNS = columns_by_table(SINKS)
 source_topic = app.topic(*SINKS, schema=raw_schema())
 
 schema_ready = asyncio.Event()
@@ -97,15 +98,13 @@ async def persist(stream: Any) -> None:
             msg = to_message(event)
             sink = SINKS[msg.topic]
             try:
-                row = sink.to_row(msg)
+                routed = sink.route(msg)
             except Exception as exc:  # our own topics: a bad record is a bug, keep it visible
-                log.error(
-                    "cannot map %s:%s:%s to %s: %r", msg.topic, msg.partition, msg.offset, sink.table, exc
-                )
+                log.error("cannot map %s:%s:%s to a row: %r", msg.topic, msg.partition, msg.offset, exc)
                 continue
-            if row is not None:
-                rows[sink.table].append(row)
-                offsets[sink.table][(msg.topic, msg.partition)].append(msg.offset)
+            if routed is not None:
+                table, row = routed
+                rows[table].append(row)
+                offsets[table][(msg.topic, msg.partition)].append(msg.offset)
         for table, table_rows in rows.items():
-            columns = next(s.columns for s in SINKS.values() if s.table == table)
-            await insert_with_retry(table, table_rows, columns, batch_token(table, offsets[table]))
+            await insert_with_retry(table, table_rows, COLUMNS[table], batch_token(table, offsets[table]))

@@ -1,7 +1,8 @@
-"""How each topic's records become rows of a fact table (pure; one Sink per topic)."""
+"""How each topic's records become rows of fact tables (pure; one Sink or RoutedSink per topic)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,28 @@ class Sink:
     table: str
     columns: list[str]
     to_row: Callable[[Message], Row | None]  # None: not for this table (e.g. a watermark marker)
+
+    def route(self, m: Message) -> tuple[str, Row] | None:
+        row = self.to_row(m)
+        return None if row is None else (self.table, row)
+
+    def tables(self) -> dict[str, list[str]]:
+        return {self.table: self.columns}
+
+
+@dataclass(frozen=True)
+class RoutedSink:
+    """One topic feeding several tables: each record names its table (None: for no table)."""
+
+    columns: dict[str, list[str]]  # table -> columns
+    route: Callable[[Message], tuple[str, Row] | None]
+
+    def tables(self) -> dict[str, list[str]]:
+        return self.columns
+
+
+def columns_by_table(sinks: dict[str, Sink | RoutedSink]) -> dict[str, list[str]]:
+    return {table: cols for sink in sinks.values() for table, cols in sink.tables().items()}
 
 
 def _json(m: Message) -> dict[str, Any]:
@@ -128,7 +151,75 @@ def alert_row(m: Message) -> Row:
     ]
 
 
-def sinks_for(topics: TopicNames) -> dict[str, Sink]:
+# engagement-metrics: record "metric" -> (table, columns); rows take the columns' fields in order,
+# except emitted_at (from emitted_at_ms) and srm_chi2 (inf travels as JSON null).
+ENGAGEMENT_WINDOW = ["window_start", "window_end"]
+ENGAGEMENT_TABLES = {
+    "device": (
+        "fct_device_engagement",
+        ["device_type", *ENGAGEMENT_WINDOW, "impressions", "clicks", "ctr", "unique_users", "conversions"],
+    ),
+    "user": (
+        "fct_user",
+        [
+            "user_id",
+            *ENGAGEMENT_WINDOW,
+            "views",
+            "clicks",
+            "purchases",
+            "sessions",
+            "first_seen",
+            "last_seen",
+        ],
+    ),
+    "item": (
+        "fct_item",
+        ["item_id", *ENGAGEMENT_WINDOW, "views", "clicks", "add_to_carts", "purchases", "conversion_rate"],
+    ),
+    "experiment": (
+        "fct_experiment",
+        ["experiment", "variation", *ENGAGEMENT_WINDOW, "users", "conversions", "conversion_rate"],
+    ),
+}
+READOUT_COLUMNS = [
+    "experiment",
+    "variation",
+    "as_of",
+    "users",
+    "conversions",
+    "conversion_rate",
+    "control_users",
+    "control_conversions",
+    "z",
+    "p_value",
+    "lift_abs",
+    "lift_rel",
+    "ci_low",
+    "ci_high",
+    "srm_chi2",
+    "srm_p_value",
+    "version",
+]
+
+
+def engagement_table_row(m: Message) -> tuple[str, Row] | None:
+    r = _json(m)
+    metric = r.get("metric")
+    if metric == "experiment_readout":
+        r["srm_chi2"] = math.inf if r["srm_chi2"] is None else r["srm_chi2"]
+        return "fct_experiment_readout", [r[c] for c in READOUT_COLUMNS]
+    if metric not in ENGAGEMENT_TABLES:
+        return None
+    table, columns = ENGAGEMENT_TABLES[metric]
+    return table, [*(r[c] for c in columns), r["version"], r["emitted_at_ms"]]
+
+
+def engagement_sink() -> RoutedSink:
+    columns = {t: [*cols, "version", "emitted_at"] for t, cols in ENGAGEMENT_TABLES.values()}
+    return RoutedSink({**columns, "fct_experiment_readout": READOUT_COLUMNS}, engagement_table_row)
+
+
+def sinks_for(topics: TopicNames) -> dict[str, Sink | RoutedSink]:
     return {
         topics.ctr_metrics: Sink(
             "fct_campaign_ctr",
@@ -200,4 +291,5 @@ def sinks_for(topics: TopicNames) -> dict[str, Sink]:
             ["anomaly_id", "attempt", "status", "http_status", "error", "slack_ts", "channel", "at"],
             alert_row,
         ),
+        topics.engagement_metrics: engagement_sink(),
     }

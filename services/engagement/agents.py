@@ -1,0 +1,211 @@
+"""engagement agents: canonical events → one message per dimension → per-key windows and distinct
+sets → engagement-metrics (+ late-events).
+
+Two agents, because canonical-events is keyed by campaign (clickstream: by user) while the metrics
+are per device, user, item and experiment: `fan_out` re-keys each event to every dimension it has
+and forwards the watermark (as ingest's join does to canonical-events); `aggregate` owns the keys'
+windows (shared.windowed_agent, the same engine and settings as ctr) and distinct sets
+(services.engagement.distinct: why and how distinct counts stay exact and bounded).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from services.engagement.app import app, engagement_settings, settings
+from services.engagement.distinct import DistinctSets, aggregate_key_of
+from services.engagement.metrics import (
+    EXPERIMENT,
+    Record,
+    contribution,
+    dimension_keys,
+    lifetime_arms,
+    split_key,
+    window_records,
+)
+from services.engagement.readout import readout_records
+from shared.app import key_partition, keyed_table, raw_schema
+from shared.batch_output import BatchOutput
+from shared.topics import topic_names
+from shared.watermarks import MARKER_KIND, NEG_INF, MultiSourceWatermark
+from shared.windowed_agent import BatchResult, WindowedAggregation
+from shared.windows import Aggregate, WindowSpec
+
+topics = topic_names(settings)
+PARTITIONS = settings.topic_partitions
+
+canonical_topic = app.topic(topics.canonical, partitions=PARTITIONS, schema=raw_schema())
+by_key_topic = app.topic(topics.engagement_by_key, partitions=PARTITIONS, schema=raw_schema())
+
+# dimension key -> its open windows; co-partitioned with engagement-by-key.
+engagement_windows = keyed_table(app, "engagement_windows", PARTITIONS)
+# one entry per distinct-set member, in the partition of its dimension key (see distinct.py).
+engagement_distinct = keyed_table(app, "engagement_distinct", PARTITIONS, partition_by=aggregate_key_of)
+# "experiment:<name>" -> {variation: latest readout}; served by the views.
+engagement_readouts = keyed_table(app, "engagement_readouts", PARTITIONS)
+
+spec = WindowSpec(settings.window_size_ms, settings.allowed_lateness_ms, settings.watermark_delay_ms)
+windows = WindowedAggregation(engagement_windows, spec, settings.idle_flush_timeout_ms / 1000, PARTITIONS)
+distinct = DistinctSets(engagement_distinct, spec, PARTITIONS)
+
+
+# -- fan out -------------------------------------------------------------------------------------
+class FanOutPartition:
+    """Event-time progress of one canonical partition, and what was last forwarded of it."""
+
+    def __init__(self) -> None:
+        self.watermark = MultiSourceWatermark()
+        self.sent_watermark = NEG_INF
+        self.sent_idle = False
+
+
+fan_out_partitions: dict[int, FanOutPartition] = {}
+
+
+@app.agent(canonical_topic)
+async def fan_out(stream: Any) -> None:
+    out = BatchOutput(app)
+    async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+        touched: set[int] = set()
+        for event in events:
+            m = event.message
+            part = fan_out_partitions.setdefault(m.partition, FanOutPartition())
+            touched.add(m.partition)
+            rec = orjson.loads(event.value)
+            if rec.get("kind") == MARKER_KIND:
+                part.watermark.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
+                continue
+            for i, key in enumerate(dimension_keys(rec)):
+                # seq = this stage's position, increasing per canonical partition in every
+                # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash.
+                value = orjson.dumps({**rec, "key": key, "seq": [m.partition, m.offset, i]})
+                await out.send(topics.engagement_by_key, key.encode(), value)
+        # Markers after the batch's events: downstream never sees progress before the events in it.
+        for p in touched:
+            part = fan_out_partitions[p]
+            wm, idle = part.watermark.recompute(), part.watermark.all_idle
+            if wm > part.sent_watermark or idle != part.sent_idle:
+                source = f"engagement-fan-out:{p}"
+                await out.broadcast_marker(topics.engagement_by_key, PARTITIONS, source, wm, PARTITIONS, idle)
+                part.sent_watermark, part.sent_idle = wm, idle
+        await out.flush()
+
+
+# -- aggregate -----------------------------------------------------------------------------------
+Merge = Callable[[Aggregate | None], Aggregate]
+
+
+def counting(sets: DistinctSets) -> Callable[[Record], Merge | None]:
+    """WindowedAggregation's `contribute`: how an event changes its key's window, adding its
+    distinct-set members when the change is applied, i.e. only if the event counts (neither late
+    nor a replay of an event the state already holds)."""
+
+    def contribute(rec: Record) -> Merge | None:
+        key = rec["key"]
+        c = contribution(key, rec)
+        if c is None:
+            return None
+        window = sets.spec.start(rec["ts"])
+
+        def apply(agg: Aggregate | None) -> Aggregate:
+            for name, member in c.members:
+                sets.add(key, window, name, member)
+            for name, member in c.lifetime_members:
+                sets.add(key, None, name, member)
+            return c.merge(agg)
+
+        return apply
+
+    return contribute
+
+
+contribute = counting(distinct)
+
+
+class ReadoutVersions:
+    """Wall-clock microseconds, strictly increasing: an experiment's newest readout replaces the
+    older ones in ClickHouse, also after a restart (the clock has moved on)."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last = max(self.last + 1, time.time_ns() // 1000)
+        return self.last
+
+
+readout_versions = ReadoutVersions()
+# partition -> watermark up to which the states that dropped windows are on the broker
+durably_closed: dict[int, int] = {}
+
+
+def closed_watermarks() -> dict[int, int]:
+    return {p: max(c.closed_to, c.floor) for p, c in windows.partitions.items()}
+
+
+def experiment_readouts(key: str) -> list[Record]:
+    name = split_key(key)[1]
+    as_of = windows.partitions[key_partition(key.encode(), PARTITIONS)].closed_to
+    splits = engagement_settings.engagement_experiment_splits.get(name)
+    arms = lifetime_arms(distinct.sizes(key, None))
+    return readout_records(name, arms, splits, as_of, readout_versions.next())
+
+
+async def publish(out: BatchOutput, result: BatchResult) -> None:
+    """Results to the broker first, then the state that says they were produced."""
+    if not (result.late or result.emits or result.writes):
+        return
+    for rec, window_start, wm in result.late:
+        late = {**rec, "stage": "engagement", "window_start": window_start, "watermark_ms": wm}
+        await out.send(topics.late_events, rec["key"].encode(), orjson.dumps(late))
+    emitted_at_ms = time.time_ns() // 1_000_000
+    experiments: set[str] = set()
+    for emit in result.emits:
+        # Keyed by the dimension's value: item records by item_id, as the anomaly service expects.
+        out_key = split_key(emit.key)[1].encode()
+        for record in window_records(emit, distinct.sizes(emit.key, emit.start_ms), emitted_at_ms):
+            await out.send(topics.engagement_metrics, out_key, orjson.dumps(record))
+        if split_key(emit.key)[0] == EXPERIMENT:
+            experiments.add(emit.key)
+    readouts = {key: experiment_readouts(key) for key in sorted(experiments)}
+    for key, records in readouts.items():
+        for record in records:
+            await out.send(topics.engagement_metrics, split_key(key)[1].encode(), orjson.dumps(record))
+    await out.flush()
+    # Also the distinct-set members written while counting: on the broker before the states.
+    await app.producer.flush()
+    distinct.expire(durably_closed)  # windows dropped by the states flushed just now
+    windows.commit_states(result)
+    durably_closed.update(closed_watermarks())
+    for key, records in readouts.items():
+        engagement_readouts[key.encode()] = orjson.dumps({r["variation"]: r for r in records})
+
+
+@app.on_partitions_assigned.connect
+async def reindex_after_rebalance(app: Any, assigned: Any, **kwargs: Any) -> None:
+    # Rebuilt from the recovered tables at the next batch.
+    windows.forget_partitions()
+    distinct.forget()
+    durably_closed.clear()
+    fan_out_partitions.clear()
+
+
+@app.agent(by_key_topic)
+async def aggregate(stream: Any) -> None:
+    out = BatchOutput(app)
+    async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+        async with windows.lock:
+            decoded = [(e.message.partition, e.key, orjson.loads(e.value)) for e in events]
+            # Results must be on the broker before faust acks (and later commits) this batch.
+            await publish(out, windows.process(decoded, contribute))
+
+
+@app.timer(interval=1.0)
+async def close_idle_windows() -> None:
+    out = BatchOutput(app)
+    async with windows.lock:
+        await publish(out, windows.flush_idle())

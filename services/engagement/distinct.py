@@ -1,0 +1,106 @@
+"""Exact distinct counts without ever-growing values: one small table entry per set member.
+
+A distinct count (unique users of a device window, sessions of a user window, users and buyers of
+an experiment arm per window and over the experiment's lifetime) is the size of a set. Keeping the
+set inside the window state would rewrite the whole, growing list on every change (faust changelog
+write amplification). Instead every member is its own table entry, written once when first seen:
+    key = orjson([aggregate key, window start or null for lifetime sets, set name, member]) -> b"1"
+partitioned like its aggregate key (KeyedTable.partition_by), so the worker owning the key's input
+partition restores exactly its members. An in-memory index, rebuilt from the table after start and
+after every rebalance, answers membership and sizes.
+
+Exact under crashes and replays: adding is idempotent (a set) and a count is always the size of its
+set, never a counter kept beside it. The service writes, per batch:
+  1. members, as events are counted;
+  2. the results, then a full producer flush, so the members are on the broker;
+  3. the window states with their replay marks (WindowedAggregation.commit_states).
+So a state saying "event applied" never exists without the members that event added, and a member
+whose event's state was lost is found again, not double counted, when the event is replayed.
+A window's members are deleted once the window is dropped (past allowed lateness) and the state
+that dropped it is on the broker (`expire`, called one flush later), so a restart never finds a
+live window without its members. Lifetime sets are never deleted: an exact cumulative distinct
+count has to remember every member, and they are bounded by the experiment's users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from shared.app import key_partition
+from shared.windows import WindowSpec
+
+SetsKey = tuple[str, int | None]  # (aggregate key, window start or None for lifetime sets)
+
+
+def entry_key(key: str, window: int | None, name: str, member: str) -> bytes:
+    return orjson.dumps([key, window, name, member])
+
+
+def aggregate_key_of(entry: bytes) -> bytes:
+    """KeyedTable.partition_by: an entry lives in the partition of its aggregate key."""
+    return orjson.loads(entry)[0].encode()
+
+
+class DistinctSets:
+    def __init__(self, table: Any, spec: WindowSpec, partitions: int) -> None:
+        self.table = table  # MutableMapping[bytes, bytes], keyed_table(..., partition_by=aggregate_key_of)
+        self.spec = spec
+        self.partition_count = partitions
+        self.sets: dict[SetsKey, dict[str, set[str]]] = {}
+        # partition -> window start -> aggregate keys holding sets of that window (for expiry)
+        self.windows: dict[int, dict[int, set[str]]] = {}
+        self._indexed = False
+
+    def forget(self) -> None:
+        """After a rebalance: rebuild from the recovered table at the next use."""
+        self.sets.clear()
+        self.windows.clear()
+        self._indexed = False
+
+    def add(self, key: str, window: int | None, name: str, member: str) -> None:
+        self._ensure_indexed()
+        if self._remember(key, window, name, member):
+            self.table[entry_key(key, window, name, member)] = b"1"
+
+    def sizes(self, key: str, window: int | None) -> dict[str, int]:
+        self._ensure_indexed()
+        return {name: len(members) for name, members in self.sets.get((key, window), {}).items()}
+
+    def expire(self, durably_closed: Mapping[int, int]) -> int:
+        """Delete the members of the windows dropped in partitions whose states are on the broker
+        up to the given watermark (a window is dropped once end + allowed lateness <= watermark)."""
+        self._ensure_indexed()
+        deleted = 0
+        for p, watermark in durably_closed.items():
+            starts = self.windows.get(p, {})
+            for start in [s for s in starts if self.spec.end(s) + self.spec.grace_ms <= watermark]:
+                for key in starts.pop(start):
+                    for name, members in self.sets.pop((key, start), {}).items():
+                        for member in members:
+                            entry = entry_key(key, start, name, member)
+                            if entry in self.table:
+                                del self.table[entry]
+                                deleted += 1
+        return deleted
+
+    def _ensure_indexed(self) -> None:
+        if not self._indexed:
+            self._indexed = True
+            for entry in list(self.table.keys()):
+                self._remember(*orjson.loads(entry))
+
+    def _remember(self, key: str, window: int | None, name: str, member: str) -> bool:
+        sets = self.sets.get((key, window))
+        if sets is None:
+            sets = self.sets[(key, window)] = {}
+            if window is not None:
+                p = key_partition(key.encode(), self.partition_count)
+                self.windows.setdefault(p, {}).setdefault(window, set()).add(key)
+        members = sets.setdefault(name, set())
+        if member in members:
+            return False
+        members.add(member)
+        return True
