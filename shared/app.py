@@ -15,6 +15,7 @@ from aiokafka.partitioner import murmur2
 from faust import web
 
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
+from shared.metrics import PrometheusSensor, exposition, refresh_consumer_lag
 from shared.settings import Settings, get_settings
 from shared.topics import topic_names
 
@@ -89,6 +90,7 @@ class MeshApp(faust.App):
     """faust.App that creates the mesh's topics before its consumers subscribe."""
 
     mesh_settings: Settings
+    service: str = ""
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -128,6 +130,8 @@ def make_app(service: str, web_port: int, settings: Settings | None = None) -> M
         logging_config=None,
     )
     app.mesh_settings = settings
+    app.service = service
+    app.sensors.add(PrometheusSensor(service))
     add_health_views(app, service)
     return app
 
@@ -146,3 +150,9 @@ def add_health_views(app: faust.App, service: str) -> None:
         ok = not app.rebalancing and assigned > 0
         body = {"ready": ok, "service": service, "assigned_partitions": assigned}
         return view.json(body, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics(view: web.View, request: web.Request) -> web.Response:
+        await refresh_consumer_lag(app, service)
+        body, content_type = exposition()
+        return view.bytes(body, content_type=content_type.split(";")[0])

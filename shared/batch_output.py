@@ -13,13 +13,16 @@ from typing import Any
 
 import faust
 
+from shared.metrics import count_out
 from shared.watermarks import encode_marker
 
 
 class BatchOutput:
     def __init__(self, app: faust.App) -> None:
         self._app = app
+        self._service = getattr(app, "service", "") or "unknown"
         self._pending: list[Awaitable[Any]] = []
+        self._topics: list[str] = []
 
     async def send(
         self,
@@ -34,6 +37,7 @@ class BatchOutput:
             topic, key, value, partition=partition, timestamp=None, headers=headers
         )
         self._pending.append(fut)
+        self._topics.append(topic)
 
     async def broadcast_marker(
         self, topic: str, partitions: int, source: str, ts_ms: int, of: int, idle: bool = False
@@ -46,6 +50,8 @@ class BatchOutput:
     async def flush(self) -> int:
         """Wait until the broker acknowledged everything sent since the last flush."""
         pending, self._pending = self._pending, []
+        topics, self._topics = self._topics, []
         if pending:
             await asyncio.gather(*pending)
+            count_out(self._service, topics)
         return len(pending)

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     allowed_lateness_ms: int = Field(30_000, ge=0)
     # Wall-clock quiet time after which a partition's open windows are closed anyway.
     idle_flush_timeout_ms: int = Field(10_000, ge=100)
+    # A raw partition with nothing left to read for this long no longer holds the watermark back.
+    source_idle_timeout_ms: int = Field(10_000, ge=100)
     # How long a click waits (event time) for its impression before it is an orphan.
     join_window_ms: int = Field(600_000, ge=0)
     # How long ids are remembered (event time) for dedup and for joining later clicks.

@@ -141,7 +141,7 @@ def parse(m: Sent, now_ms: int) -> Event | None:
             _clickstream_ms(o.get("timestamp"), now_ms),
             device=_opt(o, "device_name", "unknown"),
             item=_id(o, "item_id"),
-            session=_opt(o, "session_id", ""),
+            session=_id(o, "session_id"),  # required: sessions are a user metric
             experiment=_opt(o, "experiment_name", ""),
             variation=_opt(o, "experiment_variation", ""),
             dedup=dedup,

@@ -57,6 +57,10 @@ def test_tokens_required_never_logged_and_no_http_writes(mesh_factory):
                 method,
             )
 
+    metrics = http.request("GET", f"http://127.0.0.1:{wh.port}/metrics")
+    assert metrics.status == 200 and b"mesh_consumer_lag_messages" in metrics.data
+    assert b"mesh_events_in_total" in metrics.data
+
     for name, svc in mesh.services.items():
         log = svc.log()
         for secret in (QUERY_TOKEN, SLACK_TOKEN, "secret-webhook-path"):

@@ -18,6 +18,7 @@ from services.alerting.records import InvalidAnomaly, parse_anomaly
 from services.alerting.settings import AlertingSettings
 from services.alerting.slack_delivery import AlertDeliverer
 from services.alerting.slack_transport import build_transport
+from shared import metrics
 from shared.topics import topic_names
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def log_mode(config: AlertingSettings, mode: str) -> None:
 
 
 async def record_delivery(record: dict[str, Any]) -> None:
+    metrics.slack_attempts.labels(record["status"]).inc()
     await alert_deliveries_topic.send(key=record["anomaly_id"].encode(), value=orjson.dumps(record))
 
 

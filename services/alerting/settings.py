@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQL_TEMPLATE = (
     "SELECT * FROM fct_anomaly WHERE key_type = '{key_type}' AND key = '{key}' "
-    "AND window_start >= {from_ms} ORDER BY window_start"
+    "AND window_start >= fromUnixTimestamp64Milli({from_ms}) ORDER BY window_start"
 )
 
 

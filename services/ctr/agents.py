@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import orjson
 
 from services.ctr.app import app, settings
 from services.ctr.metrics import contribution, ctr_result, shift_latest
+from shared import metrics as mesh_metrics
 from shared.app import keyed_table, raw_schema
 from shared.batch_output import BatchOutput
 from shared.topics import topic_names
@@ -40,16 +42,22 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
     for rec, window_start, wm in result.late:
         late = {**rec, "stage": "ctr", "window_start": window_start, "watermark_ms": wm}
         await out.send(topics.late_events, rec["campaign_id"].encode(), orjson.dumps(late))
+    if result.late:
+        mesh_metrics.late_events.labels("ctr").inc(len(result.late))
+    now_ms = time.time() * 1000
     for emit in result.emits:
+        mesh_metrics.window_emit_lag.labels("ctr").observe(
+            max(now_ms - emit.end_ms - spec.delay_ms, 0) / 1000
+        )
         metrics = ctr_result(emit)
         latest.append(metrics)
         await out.send(topics.ctr_metrics, emit.key.encode(), orjson.dumps(metrics))
     await out.flush()
     windows.commit_states(result)
-    for metrics in latest:
-        key = metrics["campaign_id"].encode()
+    for row in latest:
+        key = row["campaign_id"].encode()
         current = ctr_latest.get(key)
-        ctr_latest[key] = orjson.dumps(shift_latest(orjson.loads(current) if current else None, metrics))
+        ctr_latest[key] = orjson.dumps(shift_latest(orjson.loads(current) if current else None, row))
 
 
 @app.on_partitions_assigned.connect

@@ -24,6 +24,7 @@ from services.ingest.formats import (
     parse_impression,
 )
 from services.ingest.join import Outcome, Record, expire, mark_applied, new_entry, on_event, replayed
+from shared import metrics
 from shared.app import keyed_table, raw_schema
 from shared.batch_output import BatchOutput
 from shared.source_idleness import SourceActivity
@@ -74,7 +75,7 @@ def dead_letter_headers(event: EventT, err: Rejected) -> list[tuple[str, bytes]]
     ]
 
 
-raw_activity = SourceActivity(app, topics.raw_sources())
+raw_activity = SourceActivity(app, topics.raw_sources(), settings.source_idle_timeout_ms / 1000)
 raw_progress: dict[str, int] = {}  # raw source partition -> max valid event time
 validate_lock = asyncio.Lock()  # a batch and the idle-marker timer must not interleave
 
@@ -93,6 +94,7 @@ async def validate(stream: Any) -> None:
                     rec = PARSERS[m.topic](event.value, limits)
                 except Rejected as err:
                     outcomes[f"dead_letter:{err.reason}"] += 1
+                    metrics.dead_lettered.labels("ingest", err.reason).inc()
                     headers = dead_letter_headers(event, err)
                     await out.send(topics.dead_letters, m.key, event.value or b"", headers=headers)
                     continue
@@ -181,6 +183,7 @@ class JoinBatch:
             await self.out.send(topics.canonical, key.encode(), orjson.dumps(rec))
         for rec in outcome.discard:
             outcomes[rec["reason"]] += 1
+            metrics.discarded.labels("ingest", rec["reason"]).inc()
             await self.out.send(topics.discarded, rec["src"].encode(), orjson.dumps(rec))
 
     def changed(self, key: bytes, entry: Record, forget: bool = False) -> None:

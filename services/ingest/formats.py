@@ -244,7 +244,7 @@ def parse_clickstream(raw: bytes | None, limits: Limits) -> dict[str, Any]:
         "item_id": req_id(o, "item_id"),
         "experiment_name": opt_str(o, "experiment_name", ""),
         "experiment_variation": opt_str(o, "experiment_variation", ""),
-        "session_id": opt_str(o, "session_id", ""),
+        "session_id": req_id(o, "session_id"),  # required: sessions are a user metric
         "device_type": opt_str(o, "device_name"),
         "ts": ms_or_iso(o, "timestamp", limits),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -18,6 +19,7 @@ from faust.types import EventT
 
 from services.warehouse.app import app, clickhouse, settings
 from services.warehouse.sinks import Message, Row, columns_by_table, sinks_for
+from shared import metrics
 from shared.app import raw_schema
 from shared.topics import topic_names
 
@@ -71,12 +73,15 @@ def batch_token(table: str, offsets: dict[tuple[str, int], list[int]]) -> str:
 async def insert_with_retry(table: str, rows: list[Row], columns: list[str], token: str) -> None:
     delay = 0.2
     while True:
+        started = time.monotonic()
         try:
             await clickhouse.insert(table, rows, columns, token)
+            metrics.clickhouse_insert_seconds.labels(table).observe(time.monotonic() - started)
             inserted_rows[table] += len(rows)
             return
         except Exception as exc:
             insert_failures[table] += 1
+            metrics.clickhouse_insert_failures.labels(table).inc()
             log.warning(
                 "insert into %s failed (%s: %s); retrying in %.1fs",
                 table,
