@@ -3,6 +3,11 @@
 A partition is idle when the stage has processed everything the broker holds for it (its end
 offset) and has seen nothing new from it for a quiet period. A partition that still has a backlog
 is never idle, however long it waits for its turn: that is what keeps a catch-up exact.
+
+The quiet period is long for a partition that had traffic since start (a producer may just be
+slow) and short for one that had none (typically a source topic nobody writes to): otherwise every
+start would hold the watermark back for the full period and, while a backlog is drained in that
+time, nothing could be judged late.
 """
 
 from __future__ import annotations
@@ -15,13 +20,25 @@ from faust.types import TP
 
 
 class SourceActivity:
-    def __init__(self, app: Any, topics: Iterable[str], quiet_s: float = 2.0) -> None:
+    def __init__(
+        self, app: Any, topics: Iterable[str], quiet_s: float = 10.0, never_active_quiet_s: float = 1.0
+    ) -> None:
         self.app = app
         self.topics = set(topics)
         self.quiet_s = quiet_s
+        self.never_active_quiet_s = min(never_active_quiet_s, quiet_s)
         self.next_offset: dict[TP, int] = {}  # offset after the last processed message
         self.active_at: dict[TP, float] = {}
         self.started_at = time.monotonic()
+        self._checked_at = 0.0
+
+    def check_due(self, every_s: float = 0.25) -> bool:
+        """Rate limit for checks from the hot path (each asks the broker for end offsets)."""
+        now = time.monotonic()
+        if now - self._checked_at < every_s:
+            return False
+        self._checked_at = now
+        return True
 
     def processed(self, tp: TP, offset: int) -> None:
         self.next_offset[tp] = offset + 1
@@ -36,7 +53,9 @@ class SourceActivity:
         now = time.monotonic()
         idle = []
         for tp in tps:
-            if now - self.active_at.get(tp, self.started_at) < self.quiet_s:
+            active_at = self.active_at.get(tp)
+            quiet = self.quiet_s if active_at is not None else self.never_active_quiet_s
+            if now - (active_at if active_at is not None else self.started_at) < quiet:
                 continue
             done = self.next_offset.get(tp)
             if done is None:  # nothing processed since start: was everything read before?

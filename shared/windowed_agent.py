@@ -77,11 +77,22 @@ def mark_applied(state: KeyState, seq: list[int] | None) -> None:
 
 
 class WindowedAggregation:
-    def __init__(self, table: Any, spec: WindowSpec, idle_timeout_s: float, partitions: int) -> None:
+    def __init__(
+        self,
+        table: Any,
+        spec: WindowSpec,
+        idle_timeout_s: float,
+        partitions: int,
+        assigned: Callable[[], set[int] | None] = lambda: None,
+    ) -> None:
         self.table = table  # MutableMapping[bytes, bytes]: key -> orjson(KeyState + {"p": partition})
         self.spec = spec
         self.idle_timeout_s = idle_timeout_s
         self.partition_count = partitions
+        # Input partitions this worker owns now (None: unknown, e.g. in unit tests = all). The
+        # in-memory table may still hold keys of partitions another worker took over: faust's
+        # memory store forgets only keys it restored, not keys written here.
+        self.assigned = assigned
         # A replay after a crash reaches back seconds; keep replay marks far longer than that.
         self.retain_ms = 10 * (spec.duration_ms + spec.grace_ms + spec.delay_ms)
         self.partitions: dict[int, PartitionClock] = {}
@@ -108,8 +119,11 @@ class WindowedAggregation:
     def _index_restored_state(self) -> None:
         """After table recovery: learn which keys hold windows and how far each partition got."""
         self._indexed = True
+        owned = self.assigned()
         for key, raw in self.table.items():
             state = orjson.loads(raw)
+            if owned is not None and state["p"] not in owned:
+                continue
             c = self.clock(state["p"])
             c.floor = max(c.floor, state["wm"])
             if key.startswith(b"\x00watermark:"):
@@ -172,9 +186,14 @@ class WindowedAggregation:
         result = BatchResult()
         if time.monotonic() - self.last_input_at < self.idle_timeout_s:
             return result
+        owned = self.assigned()
+        if owned is not None and not owned:
+            return result  # mid-rebalance, or nothing assigned: nothing here is safely ours
+        if not self._indexed:  # a rebalance happened and no batch came since
+            self._index_restored_state()
         states: dict[bytes, KeyState] = {}
         for p, c in self.partitions.items():
-            if not c.keys:
+            if not c.keys or (owned is not None and p not in owned):
                 continue
             for key in c.keys:
                 states[key] = self._load(key)

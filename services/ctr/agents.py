@@ -28,7 +28,17 @@ ctr_windows = keyed_table(app, "ctr_windows", PARTITIONS)
 ctr_latest = keyed_table(app, "ctr_latest", PARTITIONS)
 
 spec = WindowSpec(settings.window_size_ms, settings.allowed_lateness_ms, settings.watermark_delay_ms)
-windows = WindowedAggregation(ctr_windows, spec, settings.idle_flush_timeout_ms / 1000, PARTITIONS)
+
+
+def owned_partitions() -> set[int] | None:
+    if app.rebalancing:
+        return set()  # nothing is safely ours until the rebalance and recovery are done
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.canonical}
+
+
+windows = WindowedAggregation(
+    ctr_windows, spec, settings.idle_flush_timeout_ms / 1000, PARTITIONS, assigned=owned_partitions
+)
 
 
 def contribute(rec: dict[str, Any]) -> Callable[[list[Any] | None], list[Any]] | None:

@@ -49,7 +49,17 @@ engagement_distinct = keyed_table(app, "engagement_distinct", PARTITIONS, partit
 engagement_readouts = keyed_table(app, "engagement_readouts", PARTITIONS)
 
 spec = WindowSpec(settings.window_size_ms, settings.allowed_lateness_ms, settings.watermark_delay_ms)
-windows = WindowedAggregation(engagement_windows, spec, settings.idle_flush_timeout_ms / 1000, PARTITIONS)
+
+
+def owned_partitions() -> set[int] | None:
+    if app.rebalancing:
+        return set()  # nothing is safely ours until the rebalance and recovery are done
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.engagement_by_key}
+
+
+windows = WindowedAggregation(
+    engagement_windows, spec, settings.idle_flush_timeout_ms / 1000, PARTITIONS, assigned=owned_partitions
+)
 distinct = DistinctSets(engagement_distinct, spec, PARTITIONS)
 
 

@@ -75,7 +75,9 @@ def dead_letter_headers(event: EventT, err: Rejected) -> list[tuple[str, bytes]]
     ]
 
 
-raw_activity = SourceActivity(app, topics.raw_sources(), settings.source_idle_timeout_ms / 1000)
+raw_activity = SourceActivity(
+    app, topics.raw_sources(), settings.source_idle_timeout_ms / 1000, never_active_quiet_s=0.0
+)
 raw_progress: dict[str, int] = {}  # raw source partition -> max valid event time
 validate_lock = asyncio.Lock()  # a batch and the idle-marker timer must not interleave
 
@@ -112,20 +114,29 @@ async def validate(stream: Any) -> None:
                 await out.broadcast_marker(
                     topics.by_event_key, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
                 )
+            if raw_activity.check_due():
+                # Right after the first batches too, not only on the timer: an empty source topic
+                # must not keep the watermark unknown while a backlog is being drained.
+                await send_idle_markers(out)
             await out.flush()
+
+
+async def send_idle_markers(out: BatchOutput) -> None:
+    """Tell the join which raw partitions have nothing left to read, so it need not wait for them.
+    Call with validate_lock held."""
+    for tp in await raw_activity.idle_partitions():
+        source = f"{tp.topic}:{tp.partition}"
+        progress = raw_progress.get(source, NEG_INF)
+        await out.broadcast_marker(
+            topics.by_event_key, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS, idle=True
+        )
 
 
 @app.timer(interval=1.0)
 async def mark_idle_sources() -> None:
-    """Tell the join which raw partitions have nothing left to read, so it need not wait for them."""
     out = BatchOutput(app)
     async with validate_lock:
-        for tp in await raw_activity.idle_partitions():
-            source = f"{tp.topic}:{tp.partition}"
-            progress = raw_progress.get(source, NEG_INF)
-            await out.broadcast_marker(
-                topics.by_event_key, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS, idle=True
-            )
+        await send_idle_markers(out)
         await out.flush()
 
 
