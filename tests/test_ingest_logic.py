@@ -201,3 +201,17 @@ def test_clickstream_timestamps_ms_or_iso_with_zone(ts):
 def test_clickstream_other_timestamps_are_dead_lettered(ts):
     with pytest.raises(Rejected):
         parse_clickstream(cs(timestamp=ts), LIM)
+
+
+def test_expiry_index_hands_out_only_due_buckets_and_moves_keys():
+    from services.ingest.agents import ExpiryIndex
+
+    idx = ExpiryIndex(bucket_ms=1_000)
+    idx.track(b"a", 1_500)
+    idx.track(b"b", 5_200)
+    idx.track(b"a", 2_100)  # moved: only its new bucket holds it
+    assert idx.due(1_999) == []
+    assert idx.due(2_000) == [b"a"]
+    assert idx.due(4_999) == []
+    idx.untrack(b"b")
+    assert idx.due(10_000) == []

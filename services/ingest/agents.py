@@ -140,6 +140,40 @@ async def mark_idle_sources() -> None:
         await out.flush()
 
 
+class ExpiryIndex:
+    """Keys bucketed by when they fall due (event time), so a sweep visits only the due buckets
+    instead of every key held: each key is looked at about once per change, not once per sweep."""
+
+    def __init__(self, bucket_ms: int) -> None:
+        self.bucket_ms = bucket_ms
+        self.buckets: dict[int, set[bytes]] = {}
+        self.bucket_of: dict[bytes, int] = {}
+
+    def track(self, key: bytes, due_ms: int) -> None:
+        b = due_ms // self.bucket_ms
+        old = self.bucket_of.get(key)
+        if old == b:
+            return
+        if old is not None:
+            self.buckets[old].discard(key)
+        self.buckets.setdefault(b, set()).add(key)
+        self.bucket_of[key] = b
+
+    def untrack(self, key: bytes) -> None:
+        old = self.bucket_of.pop(key, None)
+        if old is not None:
+            self.buckets[old].discard(key)
+
+    def due(self, now_ms: int) -> list[bytes]:
+        """Keys whose bucket has started by now (a survivor is re-tracked by the caller)."""
+        keys: list[bytes] = []
+        for b in [b for b in self.buckets if b * self.bucket_ms <= now_ms]:
+            for key in self.buckets.pop(b):
+                del self.bucket_of[key]
+                keys.append(key)
+        return keys
+
+
 class JoinPartition:
     """In-memory companions of one partition's join state: its watermark and what to expire."""
 
@@ -147,9 +181,21 @@ class JoinPartition:
         self.watermark = MultiSourceWatermark()
         self.sent_watermark = NEG_INF
         self.sent_idle = False
-        self.last_ts: dict[bytes, int] = {}  # key -> latest event time (for TTL expiry)
-        self.pending: set[bytes] = set()  # keys holding clicks that wait for their impression
+        self.forget_at = ExpiryIndex(SWEEP_EVERY_MS)  # key -> when its dedup TTL runs out
+        self.orphan_at = ExpiryIndex(1_000)  # key -> when its first waiting click is an orphan
         self.swept_at = NEG_INF
+
+    def track(self, key: bytes, entry: Record) -> None:
+        self.forget_at.track(key, entry["t"] + settings.dedup_ttl_ms)
+        if entry["pending"]:
+            first = min(c["wait_from"] for c in entry["pending"])
+            self.orphan_at.track(key, first + settings.join_window_ms)
+        else:
+            self.orphan_at.untrack(key)
+
+    def untrack(self, key: bytes) -> None:
+        self.forget_at.untrack(key)
+        self.orphan_at.untrack(key)
 
 
 join_partitions: dict[int, JoinPartition] = {}
@@ -161,10 +207,7 @@ def partition_state(p: int) -> JoinPartition:
         # First batch since start: index what table recovery restored.
         for key, raw in join_state.items():
             entry = orjson.loads(raw)
-            part = join_partitions.setdefault(entry["p"], JoinPartition())
-            part.last_ts[key] = entry["t"]
-            if entry["pending"]:
-                part.pending.add(key)
+            join_partitions.setdefault(entry["p"], JoinPartition()).track(key, entry)
     return join_partitions.setdefault(p, JoinPartition())
 
 
@@ -210,26 +253,26 @@ class JoinBatch:
 
 
 async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
-    """Orphan clicks past the join window; forget entries past the dedup TTL."""
-    full = wm - part.swept_at >= SWEEP_EVERY_MS
-    keys = list(part.last_ts) if full else list(part.pending)
+    """Orphan clicks past the join window; forget entries past the dedup TTL. Visits only the keys
+    the expiry indexes say are due."""
+    keys = set(part.orphan_at.due(wm))
+    if wm - part.forget_at.bucket_ms >= part.swept_at:
+        keys.update(part.forget_at.due(wm))
+        part.swept_at = wm
     for key in keys:
         if key not in batch.entries and join_state.get(key) is None:
-            part.last_ts.pop(key, None)
-            part.pending.discard(key)
+            part.untrack(key)
             continue
         entry = batch.entry(key, p)
         forget, outcome = expire(entry, wm, settings.join_window_ms, settings.dedup_ttl_ms)
         await batch.emit(outcome, None)
-        if not entry["pending"]:
-            part.pending.discard(key)
         if forget:
             batch.changed(key, entry, forget=True)
-            part.last_ts.pop(key, None)
-        elif outcome.discard:
-            batch.changed(key, entry)
-    if full:
-        part.swept_at = wm
+            part.untrack(key)
+        else:
+            if outcome.discard:
+                batch.changed(key, entry)
+            part.track(key, entry)  # not due yet (or still waiting): back in its bucket
 
 
 @app.on_partitions_assigned.connect
@@ -260,11 +303,7 @@ async def join(stream: Any) -> None:
             outcome = on_event(entry, rec, max(rec["at"], part.watermark.value))
             mark_applied(entry, rec["src"])
             batch.changed(key, entry)
-            part.last_ts[key] = entry["t"]
-            if entry["pending"]:
-                part.pending.add(key)
-            else:
-                part.pending.discard(key)
+            part.track(key, entry)
             await batch.emit(outcome, [p, event.message.offset])
         for p in touched:
             part = join_partitions[p]
