@@ -76,6 +76,18 @@ def mark_applied(state: KeyState, seq: list[int] | None) -> None:
         state.setdefault("u", {})[str(seq[0])] = [seq[1], seq[2]]
 
 
+def owned_partitions(app: Any, topic: str) -> Callable[[], set[int]]:
+    """The input partitions of `topic` this worker owns now; none while a rebalance (and the
+    table recovery after it) is under way, when nothing is safely ours."""
+
+    def owned() -> set[int]:
+        if app.rebalancing:
+            return set()
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+    return owned
+
+
 class WindowedAggregation:
     def __init__(
         self,

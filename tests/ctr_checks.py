@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from tests.mesh_harness import Mesh
-from tests.oracle import Sent
+from services.generator.spec import TrafficSpec
+from services.generator.traffic import TrafficGenerator
+from tests.mesh_harness import Mesh, wait_for
+from tests.oracle import Expected, Sent, expected
 
 TOPIC_OF = {"impressions": "ad-impressions", "clicks": "ad-clicks"}
 
@@ -86,3 +90,60 @@ def accounted(mesh: Mesh) -> int:
             " + (SELECT count() FROM fct_discarded_event FINAL)"
         )
     )
+
+
+# Settings the CTR end-to-end tests run the mesh with: 10 s windows for many windows per minute
+# of stream, a short idle flush so the end of a stream closes quickly, a 20 s join window.
+FAST = {
+    "WINDOW_SIZE_MS": 10_000,
+    "WATERMARK_DELAY_MS": 3_000,
+    "ALLOWED_LATENESS_MS": 30_000,
+    "IDLE_FLUSH_TIMEOUT_MS": 3_000,
+    "JOIN_WINDOW_MS": 20_000,
+}
+
+
+def stream_with_tail(spec: TrafficSpec, join_window_ms: int, delay_ms: int) -> list[tuple[str, bytes, bytes]]:
+    """The generated stream, then a clean tail far enough ahead that every waiting click meets its fate."""
+    generated = list(TrafficGenerator(spec))
+    last_ts = max(m.at_ms for m in generated)
+    return [(m.topic_kind, m.key, m.value) for m in generated] + tail(
+        last_ts + join_window_ms + delay_ms + 5_000, 100
+    )
+
+
+def thirds(messages: list[Any]) -> list[list[Any]]:
+    n = len(messages)
+    return [messages[: n // 3], messages[n // 3 : 2 * n // 3], messages[2 * n // 3 :]]
+
+
+def assert_exact(
+    mesh: Mesh,
+    sent: list[Sent],
+    spec: TrafficSpec,
+    *,
+    window_ms: int = 10_000,
+    lateness_ms: int = 30_000,
+    delay_ms: int = 3_000,
+    timeout: float = 240,
+) -> Expected:
+    """Wait until every message is accounted for, then compare everything with the oracle."""
+    exp = expected(
+        sent,
+        window_ms=window_ms,
+        lateness_ms=lateness_ms,
+        delay_ms=delay_ms,
+        stream_start_ms=spec.start_ms,
+        now_ms=int(time.time() * 1000),
+    )
+    assert exp.total() == len(sent)
+    wait_for(lambda: accounted(mesh) >= len(sent), timeout=timeout, what="every message to be accounted for")
+    time.sleep(1.0)  # anything beyond the total would be a double count: give it a moment to show
+    got = observed(mesh)
+    assert got["windows"] == dict(exp.windows)
+    assert got["dead"] == exp.dead
+    assert got["duplicate"] == exp.duplicate
+    assert got["orphan"] == exp.orphan
+    assert got["late"] == exp.late
+    assert accounted(mesh) == len(sent)
+    return exp

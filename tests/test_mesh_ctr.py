@@ -10,63 +10,25 @@ from collections import Counter
 import pytest
 
 from services.generator.spec import TrafficSpec
-from services.generator.traffic import TrafficGenerator
-from tests.ctr_checks import accounted, observed, produce, tail
-from tests.mesh_harness import Mesh, wait_for
-from tests.oracle import Expected, expected, summary
+from tests.ctr_checks import FAST, assert_exact, produce, stream_with_tail
+from tests.mesh_harness import Mesh
+from tests.oracle import Expected, summary
 
 pytestmark = pytest.mark.integration
 
 
-def run_and_compare(
-    mesh: Mesh, spec: TrafficSpec, *, window_ms: int, lateness_ms: int, delay_ms: int, join_window_ms: int
-) -> Expected:
+def run_and_compare(mesh: Mesh, spec: TrafficSpec, *, window_ms: int, join_window_ms: int) -> Expected:
     mesh.start("ingest", "ctr", "warehouse")
-    generated = [(m.topic_kind, m.key, m.value) for m in TrafficGenerator(spec)]
-    last_ts = max(m.at_ms for m in TrafficGenerator(spec))
-    messages = generated + tail(last_ts + join_window_ms + delay_ms + 5_000, 100)
     t0 = time.monotonic()
-    sent = asyncio.run(produce(mesh, messages))
-    exp = expected(
-        sent,
-        window_ms=window_ms,
-        lateness_ms=lateness_ms,
-        delay_ms=delay_ms,
-        stream_start_ms=spec.start_ms,
-        now_ms=int(time.time() * 1000),
-    )
-    assert exp.total() == len(sent)
-
-    wait_for(lambda: accounted(mesh) >= len(sent), timeout=180, what="every message to be accounted for")
-    elapsed = time.monotonic() - t0
-    time.sleep(1.0)  # anything beyond the total would be a double count: give it a moment to show
-    got = observed(mesh)
-    print(f"\n{len(sent)} messages accounted for in {elapsed:.1f}s; expected {dict(summary(exp))}")
-
-    if got["orphan"] != exp.orphan:  # debugging aid: where the oracle put the difference
-        by_src = {m.src: m for m in sent}
-        for src in sorted(got["orphan"] ^ exp.orphan)[:5]:
-            where = [k for k in ("dead", "duplicate", "late") if src in getattr(exp, k)]
-            print("orphan mismatch", src, where, by_src[src].value[:200], src in got["duplicate"])
-    assert got["windows"] == dict(exp.windows)
-    assert got["dead"] == exp.dead
-    assert got["duplicate"] == exp.duplicate
-    assert got["orphan"] == exp.orphan
-    assert got["late"] == exp.late
-    assert accounted(mesh) == len(sent)
+    sent = asyncio.run(produce(mesh, stream_with_tail(spec, join_window_ms, 3_000)))
+    exp = assert_exact(mesh, sent, spec, window_ms=window_ms, timeout=180)
+    print(f"\n{len(sent)} messages accounted for in {time.monotonic() - t0:.1f}s; {dict(summary(exp))}")
     assert mesh.errors_in_logs() == {}
     return exp
 
 
 def test_exact_ctr_with_every_kind_of_defect(mesh_factory):
-    settings = {
-        "WINDOW_SIZE_MS": 10_000,
-        "WATERMARK_DELAY_MS": 3_000,
-        "ALLOWED_LATENESS_MS": 30_000,
-        "IDLE_FLUSH_TIMEOUT_MS": 3_000,
-        "JOIN_WINDOW_MS": 20_000,
-    }
-    mesh = mesh_factory(**settings)
+    mesh = mesh_factory(**FAST)
     spec = TrafficSpec(
         n_events=6_000,
         seed=7,
@@ -81,9 +43,7 @@ def test_exact_ctr_with_every_kind_of_defect(mesh_factory):
         late_fraction=0.01,
         malformed_fraction=0.02,
     )
-    exp = run_and_compare(
-        mesh, spec, window_ms=10_000, lateness_ms=30_000, delay_ms=3_000, join_window_ms=20_000
-    )
+    exp = run_and_compare(mesh, spec, window_ms=10_000, join_window_ms=20_000)
     # The stream really exercised every path.
     s = summary(exp)
     assert all(s[k] > 0 for k in ("dead", "duplicate", "orphan", "late")), s
@@ -105,7 +65,5 @@ def test_exact_ctr_with_default_settings(mesh_factory):
         malformed_fraction=0.01,
         ooo_fraction=0.05,
     )
-    exp = run_and_compare(
-        mesh, spec, window_ms=60_000, lateness_ms=30_000, delay_ms=3_000, join_window_ms=600_000
-    )
+    exp = run_and_compare(mesh, spec, window_ms=60_000, join_window_ms=600_000)
     assert Counter(c for c, _ in exp.windows)["cmp-tail"] >= 1

@@ -14,7 +14,7 @@ from shared import metrics as mesh_metrics
 from shared.app import keyed_table, raw_schema
 from shared.batch_output import BatchOutput
 from shared.topics import topic_names
-from shared.windowed_agent import BatchResult, WindowedAggregation
+from shared.windowed_agent import BatchResult, WindowedAggregation, owned_partitions
 from shared.windows import WindowSpec, sum_into
 
 topics = topic_names(settings)
@@ -30,14 +30,12 @@ ctr_latest = keyed_table(app, "ctr_latest", PARTITIONS)
 spec = WindowSpec(settings.window_size_ms, settings.allowed_lateness_ms, settings.watermark_delay_ms)
 
 
-def owned_partitions() -> set[int] | None:
-    if app.rebalancing:
-        return set()  # nothing is safely ours until the rebalance and recovery are done
-    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.canonical}
-
-
 windows = WindowedAggregation(
-    ctr_windows, spec, settings.idle_flush_timeout_ms / 1000, PARTITIONS, assigned=owned_partitions
+    ctr_windows,
+    spec,
+    settings.idle_flush_timeout_ms / 1000,
+    PARTITIONS,
+    assigned=owned_partitions(app, topics.canonical),
 )
 
 

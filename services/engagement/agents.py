@@ -32,7 +32,7 @@ from shared.app import key_partition, keyed_table, raw_schema
 from shared.batch_output import BatchOutput
 from shared.topics import topic_names
 from shared.watermarks import MARKER_KIND, NEG_INF, MultiSourceWatermark
-from shared.windowed_agent import BatchResult, WindowedAggregation
+from shared.windowed_agent import BatchResult, WindowedAggregation, owned_partitions
 from shared.windows import Aggregate, WindowSpec
 
 topics = topic_names(settings)
@@ -51,14 +51,12 @@ engagement_readouts = keyed_table(app, "engagement_readouts", PARTITIONS)
 spec = WindowSpec(settings.window_size_ms, settings.allowed_lateness_ms, settings.watermark_delay_ms)
 
 
-def owned_partitions() -> set[int] | None:
-    if app.rebalancing:
-        return set()  # nothing is safely ours until the rebalance and recovery are done
-    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.engagement_by_key}
-
-
 windows = WindowedAggregation(
-    engagement_windows, spec, settings.idle_flush_timeout_ms / 1000, PARTITIONS, assigned=owned_partitions
+    engagement_windows,
+    spec,
+    settings.idle_flush_timeout_ms / 1000,
+    PARTITIONS,
+    assigned=owned_partitions(app, topics.engagement_by_key),
 )
 distinct = DistinctSets(engagement_distinct, spec, PARTITIONS)
 
