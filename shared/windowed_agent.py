@@ -81,7 +81,7 @@ def owned_partitions(app: Any, topic: str) -> Callable[[], set[int]]:
     table recovery after it) is under way, when nothing is safely ours."""
 
     def owned() -> set[int]:
-        if app.rebalancing:
+        if app.rebalancing or getattr(app, "in_recovery", False):
             return set()
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
 

@@ -69,7 +69,13 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
 
 
 @app.on_partitions_assigned.connect
-async def reindex_after_rebalance(app: Any, assigned: Any, **kwargs: Any) -> None:
+async def reindex_after_assignment(app: Any, assigned: Any, **kwargs: Any) -> None:
+    await reindex_after_rebalance(app)
+
+
+@app.on_rebalance_complete.connect
+async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
+    """Tables are recovered now: rebuild the in-memory indexes from them (lazily, next use)."""
     windows.forget_partitions()
 
 

@@ -276,7 +276,13 @@ async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
 
 
 @app.on_partitions_assigned.connect
-async def reindex_after_rebalance(app: Any, assigned: Any, **kwargs: Any) -> None:
+async def reindex_after_assignment(app: Any, assigned: Any, **kwargs: Any) -> None:
+    await reindex_after_rebalance(app)
+
+
+@app.on_rebalance_complete.connect
+async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
+    """Tables are recovered now: rebuild the in-memory indexes from them (lazily, next use)."""
     # Rebuilt from the recovered table at the next batch (see partition_state).
     join_partitions.clear()
 
