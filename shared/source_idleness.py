@@ -58,8 +58,10 @@ class SourceActivity:
             if now - (active_at if active_at is not None else self.started_at) < quiet:
                 continue
             done = self.next_offset.get(tp)
-            if done is None:  # nothing processed since start: was everything read before?
-                done = await consumer.position(tp)
+            if done is None:
+                # Nothing processed since start: idle only if everything was processed and
+                # committed before (not merely fetched: a fetched message may sit in a buffer).
+                done = consumer._committed_offset.get(tp) or 0
             end = ends.get(tp)
             if end is not None and done is not None and done >= end:
                 idle.append(tp)
