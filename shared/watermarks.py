@@ -7,9 +7,7 @@ events look late — even while a backlog is drained in any interleaving.
 
 A source with nothing to read is not waited for: its stage marks it idle (its consumer has read
 everything there is, see shared.source_idleness), and idle sources are left out of the minimum
-(the Flink model). A source that is merely behind is never idle, so catching up stays exact. When
-every source is idle the whole stream is caught up, and the watermark moves to the newest event
-time seen, closing the last windows in-band.
+(the Flink model). A source that is merely behind is never idle, so catching up stays exact.
 """
 
 from __future__ import annotations
@@ -58,8 +56,4 @@ class MultiSourceWatermark:
         active = [p.event_time_ms for p in self.sources.values() if not p.idle]
         if active:
             self.value = max(self.value, min(active))
-        elif self.sources:
-            # Every source has been read to its end and gone quiet: the stream is caught up, and
-            # event time has reached the newest event seen (data arriving later is new data).
-            self.value = max(self.value, max(p.event_time_ms for p in self.sources.values()))
         return self.value

@@ -10,7 +10,6 @@ windows (shared.windowed_agent, the same engine and settings as ctr) and distinc
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,39 +72,35 @@ class FanOutPartition:
 
 
 fan_out_partitions: dict[int, FanOutPartition] = {}
-fan_out_lock = asyncio.Lock()  # a batch and the marker re-send must not interleave
 
 
 @app.agent(canonical_topic)
 async def fan_out(stream: Any) -> None:
     out = BatchOutput(app)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
-        async with fan_out_lock:
-            touched: set[int] = set()
-            for event in events:
-                m = event.message
-                part = fan_out_partitions.setdefault(m.partition, FanOutPartition())
-                touched.add(m.partition)
-                rec = orjson.loads(event.value)
-                if rec.get("kind") == MARKER_KIND:
-                    part.watermark.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
-                    continue
-                for i, key in enumerate(dimension_keys(rec)):
-                    # seq = this stage's position, increasing per canonical partition in every
-                    # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash.
-                    value = orjson.dumps({**rec, "key": key, "seq": [m.partition, m.offset, i]})
-                    await out.send(topics.engagement_by_key, key.encode(), value)
-            # Markers after the batch's events: downstream never sees progress before the events in it.
-            for p in touched:
-                part = fan_out_partitions[p]
-                wm, idle = part.watermark.recompute(), part.watermark.all_idle
-                if wm > part.sent_watermark or idle != part.sent_idle:
-                    source = f"engagement-fan-out:{p}"
-                    await out.broadcast_marker(
-                        topics.engagement_by_key, PARTITIONS, source, wm, PARTITIONS, idle
-                    )
-                    part.sent_watermark, part.sent_idle = wm, idle
-            await out.flush()
+        touched: set[int] = set()
+        for event in events:
+            m = event.message
+            part = fan_out_partitions.setdefault(m.partition, FanOutPartition())
+            touched.add(m.partition)
+            rec = orjson.loads(event.value)
+            if rec.get("kind") == MARKER_KIND:
+                part.watermark.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
+                continue
+            for i, key in enumerate(dimension_keys(rec)):
+                # seq = this stage's position, increasing per canonical partition in every
+                # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash.
+                value = orjson.dumps({**rec, "key": key, "seq": [m.partition, m.offset, i]})
+                await out.send(topics.engagement_by_key, key.encode(), value)
+        # Markers after the batch's events: downstream never sees progress before the events in it.
+        for p in touched:
+            part = fan_out_partitions[p]
+            wm, idle = part.watermark.recompute(), part.watermark.all_idle
+            if wm > part.sent_watermark or idle != part.sent_idle:
+                source = f"engagement-fan-out:{p}"
+                await out.broadcast_marker(topics.engagement_by_key, PARTITIONS, source, wm, PARTITIONS, idle)
+                part.sent_watermark, part.sent_idle = wm, idle
+        await out.flush()
 
 
 # -- aggregate -----------------------------------------------------------------------------------
@@ -196,26 +191,6 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
     durably_closed.update(closed_watermarks())
     for key, records in readouts.items():
         engagement_readouts[key.encode()] = orjson.dumps({r["variation"]: r for r in records})
-
-
-@app.timer(interval=1.0)
-async def repeat_watermarks() -> None:
-    """Re-send each partition's last forwarded watermark: a downstream worker that restarted or
-    took partitions over starts with empty clocks and must hear from every source again, even when
-    no new input makes the watermark move."""
-    out = BatchOutput(app)
-    async with fan_out_lock:
-        for p, part in list(fan_out_partitions.items()):
-            if part.sent_watermark > NEG_INF or part.sent_idle:
-                await out.broadcast_marker(
-                    topics.engagement_by_key,
-                    PARTITIONS,
-                    f"engagement-fan-out:{p}",
-                    part.sent_watermark,
-                    PARTITIONS,
-                    part.sent_idle,
-                )
-        await out.flush()
 
 
 @app.on_partitions_assigned.connect

@@ -199,7 +199,6 @@ class JoinPartition:
 
 
 join_partitions: dict[int, JoinPartition] = {}
-join_lock = asyncio.Lock()  # a batch and the marker re-send must not interleave
 SWEEP_EVERY_MS = max(1_000, min(settings.join_window_ms, settings.dedup_ttl_ms) // 10)
 
 
@@ -276,21 +275,6 @@ async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
             part.track(key, entry)  # not due yet (or still waiting): back in its bucket
 
 
-@app.timer(interval=1.0)
-async def repeat_watermarks() -> None:
-    """Re-send each partition's last forwarded watermark: a downstream worker that restarted or
-    took partitions over starts with empty clocks and must hear from every source again, even when
-    no new input makes the watermark move."""
-    out = BatchOutput(app)
-    async with join_lock:
-        for p, part in list(join_partitions.items()):
-            if part.sent_watermark > NEG_INF or part.sent_idle:
-                await out.broadcast_marker(
-                    topics.canonical, PARTITIONS, f"join:{p}", part.sent_watermark, PARTITIONS, part.sent_idle
-                )
-        await out.flush()
-
-
 @app.on_partitions_assigned.connect
 async def reindex_after_assignment(app: Any, assigned: Any, **kwargs: Any) -> None:
     await reindex_after_rebalance(app)
@@ -307,39 +291,36 @@ async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
 async def join(stream: Any) -> None:
     out = BatchOutput(app)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
-        async with join_lock:
-            batch = JoinBatch(out)
-            touched: set[int] = set()
-            for event in events:
-                p = event.message.partition
-                part = partition_state(p)
-                rec = orjson.loads(event.value)
-                touched.add(p)
-                if rec.get("kind") == MARKER_KIND:
-                    part.watermark.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
-                    continue
-                key = event.key
-                entry = batch.entry(key, p)
-                if replayed(entry, rec["src"]):
-                    outcomes["replayed"] += 1
-                    continue
-                outcome = on_event(entry, rec, max(rec["at"], part.watermark.value))
-                mark_applied(entry, rec["src"])
-                batch.changed(key, entry)
-                part.track(key, entry)
-                await batch.emit(outcome, [p, event.message.offset])
-            for p in touched:
-                part = join_partitions[p]
-                wm = part.watermark.recompute()
-                idle = part.watermark.all_idle
-                if wm > part.sent_watermark:
-                    await sweep(batch, part, p, wm)
-                if wm > part.sent_watermark or idle != part.sent_idle:
-                    await out.broadcast_marker(
-                        topics.canonical, PARTITIONS, f"join:{p}", wm, PARTITIONS, idle
-                    )
-                    part.sent_watermark, part.sent_idle = wm, idle
-            await batch.commit()
+        batch = JoinBatch(out)
+        touched: set[int] = set()
+        for event in events:
+            p = event.message.partition
+            part = partition_state(p)
+            rec = orjson.loads(event.value)
+            touched.add(p)
+            if rec.get("kind") == MARKER_KIND:
+                part.watermark.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
+                continue
+            key = event.key
+            entry = batch.entry(key, p)
+            if replayed(entry, rec["src"]):
+                outcomes["replayed"] += 1
+                continue
+            outcome = on_event(entry, rec, max(rec["at"], part.watermark.value))
+            mark_applied(entry, rec["src"])
+            batch.changed(key, entry)
+            part.track(key, entry)
+            await batch.emit(outcome, [p, event.message.offset])
+        for p in touched:
+            part = join_partitions[p]
+            wm = part.watermark.recompute()
+            idle = part.watermark.all_idle
+            if wm > part.sent_watermark:
+                await sweep(batch, part, p, wm)
+            if wm > part.sent_watermark or idle != part.sent_idle:
+                await out.broadcast_marker(topics.canonical, PARTITIONS, f"join:{p}", wm, PARTITIONS, idle)
+                part.sent_watermark, part.sent_idle = wm, idle
+        await batch.commit()
 
 
 @app.page("/stats")
