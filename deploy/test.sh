@@ -9,4 +9,7 @@ bash deploy/setup.sh
 echo "[test] ruff" >&2
 .venv/bin/ruff check .
 echo "[test] pytest" >&2
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# End-to-end tests wait on wall-clock deadlines; on a loaded 2-core machine one may time out.
+# A test that timed out gets up to two more tries on a fresh mesh; a wrong number never does
+# (only TimeoutError is retried here; three tests with known intermittent failures are marked).
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --reruns 2 --only-rerun TimeoutError "$@"
