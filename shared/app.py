@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
@@ -15,6 +15,7 @@ from aiokafka.partitioner import murmur2
 from faust import web
 
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
+from shared.logs import logging_config
 from shared.metrics import PrometheusSensor, exposition, refresh_consumer_lag
 from shared.settings import Settings, get_settings
 from shared.topics import topic_names
@@ -97,7 +98,11 @@ class MeshApp(faust.App):
         await ensure_topics(self.mesh_settings, topic_names(self.mesh_settings).all())
 
 
-def make_app(service: str, web_port: int, settings: Settings | None = None) -> MeshApp:
+def make_app(
+    service: str, web_port: int, settings: Settings | None = None, secrets: Iterable[str] = ()
+) -> MeshApp:
+    """The faust app of one service. `secrets`: the service's own secret strings (beyond the
+    shared settings' ones), masked in its logs."""
     settings = settings or get_settings()
     os.makedirs(f"{settings.data_dir}/faust", exist_ok=True)  # faust creates only the last level
     app = MeshApp(
@@ -127,7 +132,7 @@ def make_app(service: str, web_port: int, settings: Settings | None = None) -> M
         # faust's window-close sweep is wall-clock based; the mesh owns its event-time windows.
         # Recovery must read the whole changelog before the agents run.
         table_standby_replicas=0,
-        logging_config=None,
+        logging_config=logging_config(service, settings.log_format, [*settings.secret_values(), *secrets]),
     )
     app.mesh_settings = settings
     app.service = service

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(2000, ge=1)
     batch_within_seconds: float = Field(0.05, gt=0)
     log_level: str = "info"
+    # text (human, coloured on a terminal) | json (one object per line, for log shippers)
+    log_format: Literal["text", "json"] = "text"
 
     # --- generator -------------------------------------------------------------------------
     event_rate: float = Field(50.0, gt=0)
@@ -80,6 +83,14 @@ class Settings(BaseSettings):
 
     # --- read-only query endpoint of the warehouse -------------------------------------------
     query_token: SecretStr | None = None
+
+    def secret_values(self) -> list[str]:
+        """Secret strings of these settings, for redaction from logs."""
+        secrets = [s.get_secret_value() for s in (self.kafka_sasl_password, self.query_token) if s]
+        password = urlsplit(self.clickhouse_dsn.get_secret_value()).password
+        if password:
+            secrets.append(password)
+        return [s for s in secrets if len(s) >= 4]
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,6 @@ import orjson
 import pytest
 
 from services.alerting.records import Anomaly, InvalidAnomaly, decode_delivery, encode_delivery, parse_anomaly
-from services.alerting.redaction import Redactor
 from services.alerting.settings import AlertingSettings
 from services.alerting.slack_delivery import (
     AlertDeliverer,
@@ -26,6 +25,7 @@ from services.alerting.slack_delivery import (
 )
 from services.alerting.slack_messages import METADATA_EVENT_TYPE, SEVERITY_COLORS
 from services.alerting.slack_transport import CallResult, build_transport
+from shared.redaction import Redactor
 from tests.fake_slack import CHANNEL_ID, TEST_TOKEN, WEBHOOK_PATH, FakeSlack
 
 T0 = 1_700_000_000_000  # window_end of the first anomaly (event time, ms)

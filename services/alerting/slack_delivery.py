@@ -46,10 +46,10 @@ from services.alerting.records import (
     encode_delivery,
     encode_open_alert,
 )
-from services.alerting.redaction import Redactor
 from services.alerting.settings import AlertingSettings
 from services.alerting.slack_messages import SlackMessage, alert_message, repeat_message, resolved_message
 from services.alerting.slack_transport import CallResult, SlackTransport
+from shared.redaction import Redactor
 
 log = logging.getLogger(__name__)
 

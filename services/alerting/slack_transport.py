@@ -18,9 +18,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from services.alerting.redaction import Redactor, quiet_slack_logger
 from services.alerting.settings import AlertingSettings
 from services.alerting.slack_messages import METADATA_EVENT_TYPE, SlackMessage
+from shared.redaction import Redactor, quiet_slack_logger
 
 # slack-sdk's aiohttp timeout should fire first; this only guards against a call that never ends.
 _TIMEOUT_GRACE_SECONDS = 1.0

@@ -1,4 +1,5 @@
-"""Keeps the Slack bot token and webhook URL out of logs, error strings and delivery records.
+"""Keeps secrets (the Slack bot token and webhook URL, passwords, tokens) out of logs, error
+strings and delivery records.
 
 Error text is built from safe parts (Slack's error code, the exception's class) wherever possible;
 this is the second line of defence for text that comes from libraries (aiohttp puts request URLs
