@@ -161,3 +161,15 @@ def add_health_views(app: faust.App, service: str) -> None:
         await refresh_consumer_lag(app, service)
         body, content_type = exposition()
         return view.bytes(body, content_type=content_type.split(";")[0])
+
+
+def owned_partitions(app: Any, topic: str) -> Callable[[], set[int]]:
+    """The input partitions of `topic` this worker owns now; none while a rebalance (and the
+    table recovery after it) is under way, when nothing is safely ours."""
+
+    def owned() -> set[int]:
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return set()
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+    return owned

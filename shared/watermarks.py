@@ -12,12 +12,17 @@ everything there is, see shared.source_idleness), and idle sources are left out 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import orjson
 
 NEG_INF = -(2**62)
 MARKER_KIND = "wm"
+MARKER_REPEAT_S = 1.0  # how often re-keying stages repeat their latest marker (watermark_relay)
+# A source whose latest marker is older than this may have died: downstream does not flush on its
+# word (generous, so that a loaded machine's slow marker only delays a flush).
+MARKER_FRESH_S = 5 * MARKER_REPEAT_S
 
 
 def encode_marker(source: str, event_time_ms: int, of: int, idle: bool = False) -> bytes:
@@ -28,6 +33,7 @@ def encode_marker(source: str, event_time_ms: int, of: int, idle: bool = False) 
 class SourceProgress:
     event_time_ms: int
     idle: bool
+    heard_at: float = 0.0  # time.monotonic() of its latest marker
 
 
 @dataclass
@@ -43,12 +49,39 @@ class MultiSourceWatermark:
         self.expected_sources = max(self.expected_sources, of)
         prev = self.sources.get(source)
         ts = event_time_ms if prev is None else max(prev.event_time_ms, event_time_ms)
-        self.sources[source] = SourceProgress(ts, idle)
+        self.sources[source] = SourceProgress(ts, idle, time.monotonic())
         return self.recompute()
 
     @property
     def all_idle(self) -> bool:
-        return bool(self.sources) and all(p.idle for p in self.sources.values())
+        """Every expected source said it has nothing left to read. Not before all were heard:
+        right after a restart the first markers are often from empty topics' partitions (idle at
+        once), and a source not yet heard from may be draining a backlog."""
+        return len(self.sources) >= max(self.expected_sources, 1) and all(
+            p.idle for p in self.sources.values()
+        )
+
+    def settled(self, max_age_s: float) -> bool:
+        """All sources idle, and each said so recently: a stage that died is no longer heard,
+        and what it had read but not yet forwarded would arrive after any flush made now."""
+        now = time.monotonic()
+        return self.all_idle and all(now - p.heard_at <= max_age_s for p in self.sources.values())
+
+    def describe(self) -> dict[str, object]:
+        """For the /watermarks views: what this clock waits for, when a window does not close."""
+        now = time.monotonic()
+        return {
+            "watermark": self.value,
+            "expected_sources": self.expected_sources,
+            "sources": {
+                name: {
+                    "event_time_ms": p.event_time_ms,
+                    "idle": p.idle,
+                    "heard_s_ago": round(now - p.heard_at, 1),
+                }
+                for name, p in sorted(self.sources.items())
+            },
+        }
 
     def recompute(self) -> int:
         if len(self.sources) < self.expected_sources:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from shared.app import key_partition
-from shared.watermarks import NEG_INF, MultiSourceWatermark
+from shared.watermarks import MARKER_FRESH_S, NEG_INF, MultiSourceWatermark
 from shared.windows import Emit, KeyState, Placement, WindowSpec, add, close, latest_open_end, new_state
 
 Record = dict[str, Any]
@@ -76,18 +76,6 @@ def mark_applied(state: KeyState, seq: list[int] | None) -> None:
         state.setdefault("u", {})[str(seq[0])] = [seq[1], seq[2]]
 
 
-def owned_partitions(app: Any, topic: str) -> Callable[[], set[int]]:
-    """The input partitions of `topic` this worker owns now; none while a rebalance (and the
-    table recovery after it) is under way, when nothing is safely ours."""
-
-    def owned() -> set[int]:
-        if app.rebalancing or getattr(app, "in_recovery", False):
-            return set()
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
-
-    return owned
-
-
 class WindowedAggregation:
     def __init__(
         self,
@@ -110,40 +98,56 @@ class WindowedAggregation:
         self.partitions: dict[int, PartitionClock] = {}
         self.last_input_at = time.monotonic()
         self.lock = asyncio.Lock()  # the batch body and the idle flush must not interleave
-        self._indexed = False
+        # partition -> (key, stored watermark, holds windows) of the recovered table, not yet
+        # taken into a clock; None: not read since the last rebalance.
+        self._restored: dict[int, list[tuple[bytes, int, bool]]] | None = None
 
     # -- partitions --------------------------------------------------------------------------
     def forget_partitions(self) -> None:
         """After a rebalance: the table may now hold other partitions (or newer state written by
-        another worker); rebuild the in-memory index from it at the next batch, i.e. after faust
-        finished recovering the tables."""
+        another worker); each partition's clock is rebuilt from it when the partition is next
+        used, i.e. after faust finished recovering the tables."""
         self.partitions.clear()
-        self._indexed = False
+        self._restored = None
 
     def clock(self, p: int) -> PartitionClock:
-        if not self._indexed:
-            self._index_restored_state()
         c = self.partitions.get(p)
         if c is None:
             c = self.partitions[p] = PartitionClock(MultiSourceWatermark())
+            self._restore(p, c)
         return c
 
-    def _index_restored_state(self) -> None:
-        """After table recovery: learn which keys hold windows and how far each partition got."""
-        self._indexed = True
-        owned = self.assigned()
-        for key, raw in self.table.items():
-            state = orjson.loads(raw)
-            if owned is not None and state["p"] not in owned:
-                continue
-            c = self.clock(state["p"])
-            c.floor = max(c.floor, state["wm"])
+    def _restore(self, p: int, c: PartitionClock) -> None:
+        """Learn from the recovered table which keys of partition `p` hold windows and how far
+        it got. Per partition, when it is first used: a partition is used only while it is ours
+        (its events or markers arrive, or it is flushed while assigned), whereas "which partitions
+        are ours" is unknown while a rebalance is finishing, when the first batch may already run."""
+        if self._restored is None:
+            self._restored = {}
+            for key, raw in self.table.items():
+                state = orjson.loads(raw)
+                self._restored.setdefault(state["p"], []).append((key, state["wm"], bool(state["w"])))
+        for key, wm, has_windows in self._restored.pop(p, []):
+            c.floor = max(c.floor, wm)
             if key.startswith(b"\x00watermark:"):
                 continue
-            if state["w"]:
+            if has_windows:
                 c.keys.add(key)
             else:
-                c.retired[key] = state["wm"]
+                c.retired[key] = wm
+
+    def describe(self) -> dict[int, dict[str, object]]:
+        return {
+            p: {
+                "watermark": self.watermark(c),
+                "floor": c.floor,
+                "closed_to": c.closed_to,
+                "keys_with_open_windows": len(c.keys),
+                "settled": c.progress.settled(MARKER_FRESH_S),
+                "upstream": c.progress.describe(),
+            }
+            for p, c in sorted(self.partitions.items())
+        }
 
     def watermark(self, c: PartitionClock) -> int:
         return max(self.spec.watermark(c.progress.recompute()), c.floor)
@@ -162,11 +166,9 @@ class WindowedAggregation:
         for p, key, rec in events:
             c = self.clock(p)
             if rec.get("kind") == "wm":
-                idle = rec.get("idle", False)
-                c.progress.observe(rec["src"], rec["ts"], rec["of"], idle)
+                # Markers are not input: they keep coming (repeated) when nothing happens.
+                c.progress.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
                 touched.setdefault(p, set())
-                if not idle:  # idle markers keep coming when nothing happens: not input
-                    self.last_input_at = time.monotonic()
                 continue
             self.last_input_at = time.monotonic()
             fn = contribute(rec)
@@ -194,18 +196,21 @@ class WindowedAggregation:
         return result
 
     def flush_idle(self) -> BatchResult:
-        """With no input for the idle timeout, close every open window as if time had passed."""
+        """With no input for the idle timeout, close every open window of a partition whose
+        upstream sources all say (recently) that they have read everything there is, as if time
+        had passed. Not on silence alone: a stage that crashed is silent too, and what it had
+        read would arrive after the flush, as late."""
         result = BatchResult()
         if time.monotonic() - self.last_input_at < self.idle_timeout_s:
             return result
         owned = self.assigned()
         if owned is not None and not owned:
             return result  # mid-rebalance, or nothing assigned: nothing here is safely ours
-        if not self._indexed:  # a rebalance happened and no batch came since
-            self._index_restored_state()
         states: dict[bytes, KeyState] = {}
         for p, c in self.partitions.items():
             if not c.keys or (owned is not None and p not in owned):
+                continue
+            if not c.progress.settled(MARKER_FRESH_S):
                 continue
             for key in c.keys:
                 states[key] = self._load(key)

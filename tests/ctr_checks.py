@@ -81,6 +81,20 @@ def observed(mesh: Mesh) -> dict[str, object]:
     }
 
 
+def accounting(mesh: Mesh) -> str:
+    try:
+        return "accounted: " + repr(
+            mesh.query(
+                "SELECT (SELECT sum(impressions + clicks) FROM fct_campaign_ctr FINAL),"
+                " (SELECT count() FROM fct_dead_letter FINAL),"
+                " (SELECT count() FROM fct_late_event FINAL WHERE stage = 'ctr'),"
+                " (SELECT count() FROM fct_discarded_event FINAL)"
+            )
+        )
+    except Exception as exc:
+        return f"accounting unavailable: {exc!r}"
+
+
 def accounted(mesh: Mesh) -> int:
     return int(
         mesh.scalar(
@@ -117,6 +131,15 @@ def thirds(messages: list[Any]) -> list[list[Any]]:
     return [messages[: n // 3], messages[n // 3 : 2 * n // 3], messages[2 * n // 3 :]]
 
 
+def window_diff(got: dict[Any, Any], want: dict[Any, Any]) -> str:
+    """What differs, window by window: the failure message of an inexact run."""
+    lines = [f"differ in {sum(got.get(k) != want.get(k) for k in set(got) | set(want))} windows"]
+    for key in sorted(set(got) | set(want)):
+        if got.get(key) != want.get(key):
+            lines.append(f"{key}: got {got.get(key)} want {want.get(key)}")
+    return "\n".join(lines[:40])
+
+
 def assert_exact(
     mesh: Mesh,
     sent: list[Sent],
@@ -137,10 +160,15 @@ def assert_exact(
         now_ms=int(time.time() * 1000),
     )
     assert exp.total() == len(sent)
-    wait_for(lambda: accounted(mesh) >= len(sent), timeout=timeout, what="every message to be accounted for")
+    try:
+        wait_for(
+            lambda: accounted(mesh) >= len(sent), timeout=timeout, what="every message to be accounted for"
+        )
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{accounting(mesh)}\n{mesh.diagnostics()}") from None
     time.sleep(1.0)  # anything beyond the total would be a double count: give it a moment to show
     got = observed(mesh)
-    assert got["windows"] == dict(exp.windows)
+    assert got["windows"] == dict(exp.windows), window_diff(got["windows"], dict(exp.windows))
     assert got["dead"] == exp.dead
     assert got["duplicate"] == exp.duplicate
     assert got["orphan"] == exp.orphan

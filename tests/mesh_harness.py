@@ -146,6 +146,19 @@ class Mesh:
     def scalar(self, sql: str) -> Any:
         return self.query(sql)[0][0]
 
+    def diagnostics(self) -> str:
+        """What a stalled mesh waits for: every running service's event-time progress."""
+        out = []
+        for name, svc in self.services.items():
+            for path in ("/watermarks", "/stats"):
+                try:
+                    status, body = svc.get_json(path)
+                except Exception as exc:  # diagnostics must not hide the failure they explain
+                    status, body = "unreachable", repr(exc)
+                if status != 404:
+                    out.append(f"{name} {path} [{status}]: {orjson.dumps(body).decode()[:4000]}")
+        return "\n".join(out)
+
     def errors_in_logs(self) -> dict[str, list[str]]:
         """Crashes and tracebacks. (Not every [ERROR]: aiokafka logs transient metadata misses, e.g.
         for a changelog topic faust has just created, at ERROR level.)"""

@@ -225,7 +225,9 @@ def wait_for_oracle(mesh: Mesh, total: Expected, what: str) -> None:
     try:
         wait_for(lambda: observed(mesh) == want, 120, what, interval=1.0)
     except TimeoutError:
-        pytest.fail(f"{what}: facts differ from the oracle: {differences(observed(mesh), want)}")
+        pytest.fail(
+            f"{what}: facts differ from the oracle: {differences(observed(mesh), want)}\n{mesh.diagnostics()}"
+        )
     # readouts travel with the experiment windows, possibly in a later warehouse batch
     wait_for(lambda: check_readouts(mesh, total) is None, 30, f"{what}: readouts", interval=0.5)
 

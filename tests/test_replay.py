@@ -45,3 +45,47 @@ def test_restored_watermark_keeps_a_closed_window_closed():
     restarted = WindowedAggregation(dict(table), SPEC, idle_timeout_s=60, partitions=1)
     r = restarted.process(batch(imp(1_500, 2)), contribute)  # no marker seen yet since restart
     assert r.emits == [] and len(r.late) == 1
+
+
+def idle_marker(ts, src="join:0"):
+    return {"kind": "wm", "src": src, "ts": ts, "of": 1, "idle": True}
+
+
+def test_idle_flush_waits_for_upstream_to_say_it_has_read_everything(monkeypatch):
+    clock = [1_000.0]
+    monkeypatch.setattr("shared.windowed_agent.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("shared.watermarks.time.monotonic", lambda: clock[0])
+    w = WindowedAggregation({}, SPEC, idle_timeout_s=3, partitions=1)
+    w.commit_states(w.process(batch(imp(1_000, 1), marker(2_000)), contribute))
+    clock[0] += 60  # silence alone: upstream may have crashed with events read but not forwarded
+    assert w.flush_idle().emits == []
+    w.commit_states(w.process(batch(idle_marker(2_000)), contribute))  # upstream: nothing left to read
+    clock[0] += 3
+    assert [(e.start_ms, e.aggregate[0]) for e in w.flush_idle().emits] == [(0, 1)]
+
+
+def test_idle_flush_does_not_trust_an_idle_word_that_went_stale(monkeypatch):
+    clock = [1_000.0]
+    monkeypatch.setattr("shared.windowed_agent.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("shared.watermarks.time.monotonic", lambda: clock[0])
+    w = WindowedAggregation({}, SPEC, idle_timeout_s=3, partitions=1)
+    w.commit_states(w.process(batch(imp(1_000, 1), idle_marker(2_000)), contribute))
+    clock[0] += 60  # it said idle once, a minute ago, and then nothing: it may be gone
+    assert w.flush_idle().emits == []
+
+
+def test_restored_windows_close_even_if_the_first_batch_runs_while_the_rebalance_is_finishing():
+    # faust resumes the streams a moment before it clears `rebalancing`: the first batch after a
+    # restart can run while this worker does not yet know which partitions are its own.
+    table: dict[bytes, bytes] = {}
+    w = WindowedAggregation(table, SPEC, idle_timeout_s=60, partitions=1)
+    w.commit_states(w.process(batch(imp(1_000, 1), marker(2_000)), contribute))  # open window
+    owned: set[int] = set()
+    restarted = WindowedAggregation(
+        dict(table), SPEC, idle_timeout_s=60, partitions=1, assigned=lambda: owned
+    )
+    restarted.forget_partitions()  # the rebalance signal
+    first = restarted.process(batch(marker(3_000)), contribute)  # still "rebalancing"
+    owned.add(0)
+    later = restarted.process(batch(marker(30_000)), contribute)
+    assert first.emits == [] and [(e.start_ms, e.aggregate[0]) for e in later.emits] == [(0, 1)]

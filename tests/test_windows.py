@@ -89,3 +89,29 @@ def test_idle_sources_are_left_out_and_a_backlogged_one_is_not():
     wm2 = MultiSourceWatermark()
     wm2.observe("a", 100, of=2)
     assert wm2.observe("b", NEG_INF, of=2, idle=True) == 100
+
+
+def test_not_all_idle_until_every_expected_source_was_heard():
+    # After a restart the first markers are often from empty topics (idle at once): the source
+    # still draining its backlog has not spoken yet, and must not be skipped.
+    wm = MultiSourceWatermark()
+    wm.observe("empty-topic:0", NEG_INF, of=3, idle=True)
+    wm.observe("empty-topic:1", NEG_INF, of=3, idle=True)
+    assert not wm.all_idle and not wm.settled(60)
+    wm.observe("busy:0", 5_000, of=3, idle=True)
+    assert wm.all_idle and wm.settled(60)
+
+
+def test_settled_needs_recent_word_from_every_source(monkeypatch):
+    clock = [1_000.0]
+    monkeypatch.setattr("shared.watermarks.time.monotonic", lambda: clock[0])
+    wm = MultiSourceWatermark()
+    wm.observe("a", 100, of=2, idle=True)
+    wm.observe("b", 100, of=2, idle=True)
+    assert wm.settled(3.0)
+    clock[0] += 2.0
+    wm.observe("a", 100, of=2, idle=True)  # a keeps saying it is idle; b has gone quiet (died?)
+    clock[0] += 2.0
+    assert wm.all_idle and not wm.settled(3.0)
+    wm.observe("b", 100, of=2, idle=True)
+    assert wm.settled(3.0)

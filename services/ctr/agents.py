@@ -11,10 +11,10 @@ import orjson
 from services.ctr.app import app, settings
 from services.ctr.metrics import contribution, ctr_result, shift_latest
 from shared import metrics as mesh_metrics
-from shared.app import keyed_table, raw_schema
+from shared.app import keyed_table, owned_partitions, raw_schema
 from shared.batch_output import BatchOutput
 from shared.topics import topic_names
-from shared.windowed_agent import BatchResult, WindowedAggregation, owned_partitions
+from shared.windowed_agent import BatchResult, WindowedAggregation
 from shared.windows import WindowSpec, sum_into
 
 topics = topic_names(settings)

@@ -6,12 +6,18 @@ from typing import Any
 
 import orjson
 
-from services.ctr.agents import ctr_latest
+from services.ctr.agents import ctr_latest, windows
 from services.ctr.app import app
 
 
 def all_latest() -> dict[str, dict[str, Any]]:
     return {k.decode(): orjson.loads(v) for k, v in ctr_latest.items()}
+
+
+@app.page("/watermarks")
+async def watermarks(web: Any, request: Any) -> Any:
+    """Per input partition: watermark, what it waits for, how many keys hold open windows."""
+    return web.json({"windows": windows.describe()})
 
 
 @app.page("/ctr/latest")

@@ -28,11 +28,12 @@ from services.engagement.metrics import (
     window_records,
 )
 from services.engagement.readout import readout_records
-from shared.app import key_partition, keyed_table, raw_schema
+from shared.app import key_partition, keyed_table, owned_partitions, raw_schema
 from shared.batch_output import BatchOutput
 from shared.topics import topic_names
-from shared.watermarks import MARKER_KIND, NEG_INF, MultiSourceWatermark
-from shared.windowed_agent import BatchResult, WindowedAggregation, owned_partitions
+from shared.watermark_relay import RelayedWatermark, repeat_markers
+from shared.watermarks import MARKER_KIND, MARKER_REPEAT_S
+from shared.windowed_agent import BatchResult, WindowedAggregation
 from shared.windows import Aggregate, WindowSpec
 
 topics = topic_names(settings)
@@ -62,16 +63,15 @@ distinct = DistinctSets(engagement_distinct, spec, PARTITIONS)
 
 
 # -- fan out -------------------------------------------------------------------------------------
-class FanOutPartition:
-    """Event-time progress of one canonical partition, and what was last forwarded of it."""
-
-    def __init__(self) -> None:
-        self.watermark = MultiSourceWatermark()
-        self.sent_watermark = NEG_INF
-        self.sent_idle = False
+# canonical partition -> its event-time progress, forwarded to engagement-by-key
+fan_out_partitions: dict[int, RelayedWatermark] = {}
 
 
-fan_out_partitions: dict[int, FanOutPartition] = {}
+def fan_out_partition(p: int) -> RelayedWatermark:
+    relay = fan_out_partitions.get(p)
+    if relay is None:
+        relay = fan_out_partitions[p] = RelayedWatermark(f"engagement-fan-out:{p}")
+    return relay
 
 
 @app.agent(canonical_topic)
@@ -81,11 +81,10 @@ async def fan_out(stream: Any) -> None:
         touched: set[int] = set()
         for event in events:
             m = event.message
-            part = fan_out_partitions.setdefault(m.partition, FanOutPartition())
             touched.add(m.partition)
             rec = orjson.loads(event.value)
             if rec.get("kind") == MARKER_KIND:
-                part.watermark.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
+                fan_out_partition(m.partition).observe(rec)
                 continue
             for i, key in enumerate(dimension_keys(rec)):
                 # seq = this stage's position, increasing per canonical partition in every
@@ -94,13 +93,15 @@ async def fan_out(stream: Any) -> None:
                 await out.send(topics.engagement_by_key, key.encode(), value)
         # Markers after the batch's events: downstream never sees progress before the events in it.
         for p in touched:
-            part = fan_out_partitions[p]
-            wm, idle = part.watermark.recompute(), part.watermark.all_idle
-            if wm > part.sent_watermark or idle != part.sent_idle:
-                source = f"engagement-fan-out:{p}"
-                await out.broadcast_marker(topics.engagement_by_key, PARTITIONS, source, wm, PARTITIONS, idle)
-                part.sent_watermark, part.sent_idle = wm, idle
+            await fan_out_partition(p).forward(out, topics.engagement_by_key, PARTITIONS)
         await out.flush()
+
+
+@app.timer(interval=MARKER_REPEAT_S)
+async def repeat_fan_out_markers() -> None:
+    owned = owned_partitions(app, topics.canonical)()
+    relays = [fan_out_partitions[p] for p in owned if p in fan_out_partitions]
+    await repeat_markers(BatchOutput(app), relays, topics.engagement_by_key, PARTITIONS)
 
 
 # -- aggregate -----------------------------------------------------------------------------------

@@ -6,12 +6,23 @@ from typing import Any
 
 import orjson
 
-from services.engagement.agents import engagement_readouts
+from services.engagement.agents import engagement_readouts, fan_out_partitions, windows
 from services.engagement.app import app
 
 
 def all_readouts() -> dict[str, dict[str, Any]]:
     return {k.decode().partition(":")[2]: orjson.loads(v) for k, v in engagement_readouts.items()}
+
+
+@app.page("/watermarks")
+async def watermarks(web: Any, request: Any) -> Any:
+    """Event-time progress of both stages (fan-out forwards, aggregate closes windows)."""
+    return web.json(
+        {
+            "fan_out": {p: relay.describe() for p, relay in sorted(fan_out_partitions.items())},
+            "windows": windows.describe(),
+        }
+    )
 
 
 @app.page("/engagement/experiments")

@@ -25,11 +25,12 @@ from services.ingest.formats import (
 )
 from services.ingest.join import Outcome, Record, expire, mark_applied, new_entry, on_event, replayed
 from shared import metrics
-from shared.app import keyed_table, raw_schema
+from shared.app import keyed_table, owned_partitions, raw_schema
 from shared.batch_output import BatchOutput
 from shared.source_idleness import SourceActivity
 from shared.topics import topic_names
-from shared.watermarks import MARKER_KIND, NEG_INF, MultiSourceWatermark
+from shared.watermark_relay import RelayedWatermark, repeat_markers
+from shared.watermarks import MARKER_KIND, MARKER_REPEAT_S, NEG_INF
 
 log = logging.getLogger(__name__)
 topics = topic_names(settings)
@@ -177,10 +178,8 @@ class ExpiryIndex:
 class JoinPartition:
     """In-memory companions of one partition's join state: its watermark and what to expire."""
 
-    def __init__(self) -> None:
-        self.watermark = MultiSourceWatermark()
-        self.sent_watermark = NEG_INF
-        self.sent_idle = False
+    def __init__(self, p: int) -> None:
+        self.relay = RelayedWatermark(f"join:{p}")
         self.forget_at = ExpiryIndex(SWEEP_EVERY_MS)  # key -> when its dedup TTL runs out
         self.orphan_at = ExpiryIndex(1_000)  # key -> when its first waiting click is an orphan
         self.swept_at = NEG_INF
@@ -207,8 +206,11 @@ def partition_state(p: int) -> JoinPartition:
         # First batch since start: index what table recovery restored.
         for key, raw in join_state.items():
             entry = orjson.loads(raw)
-            join_partitions.setdefault(entry["p"], JoinPartition()).track(key, entry)
-    return join_partitions.setdefault(p, JoinPartition())
+            join_partitions.setdefault(entry["p"], JoinPartition(entry["p"])).track(key, entry)
+    part = join_partitions.get(p)
+    if part is None:
+        part = join_partitions[p] = JoinPartition(p)
+    return part
 
 
 class JoinBatch:
@@ -299,30 +301,45 @@ async def join(stream: Any) -> None:
             rec = orjson.loads(event.value)
             touched.add(p)
             if rec.get("kind") == MARKER_KIND:
-                part.watermark.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
+                part.relay.observe(rec)
                 continue
             key = event.key
             entry = batch.entry(key, p)
             if replayed(entry, rec["src"]):
                 outcomes["replayed"] += 1
                 continue
-            outcome = on_event(entry, rec, max(rec["at"], part.watermark.value))
+            outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
             mark_applied(entry, rec["src"])
             batch.changed(key, entry)
             part.track(key, entry)
             await batch.emit(outcome, [p, event.message.offset])
         for p in touched:
             part = join_partitions[p]
-            wm = part.watermark.recompute()
-            idle = part.watermark.all_idle
-            if wm > part.sent_watermark:
+            wm = part.relay.watermark.recompute()
+            if wm > part.relay.sent_watermark:
                 await sweep(batch, part, p, wm)
-            if wm > part.sent_watermark or idle != part.sent_idle:
-                await out.broadcast_marker(topics.canonical, PARTITIONS, f"join:{p}", wm, PARTITIONS, idle)
-                part.sent_watermark, part.sent_idle = wm, idle
+            await part.relay.forward(out, topics.canonical, PARTITIONS)
         await batch.commit()
+
+
+@app.timer(interval=MARKER_REPEAT_S)
+async def repeat_join_markers() -> None:
+    owned = owned_partitions(app, topics.by_event_key)()
+    relays = [join_partitions[p].relay for p in owned if p in join_partitions]
+    await repeat_markers(BatchOutput(app), relays, topics.canonical, PARTITIONS)
 
 
 @app.page("/stats")
 async def stats(web: Any, request: Any) -> Any:
     return web.json({"outcomes": dict(outcomes), "partitions": sorted(join_partitions)})
+
+
+@app.page("/watermarks")
+async def watermarks(web: Any, request: Any) -> Any:
+    """Event-time progress: how far each raw source got, what each join partition forwards."""
+    return web.json(
+        {
+            "raw_sources": dict(raw_progress),
+            "join": {p: part.relay.describe() for p, part in sorted(join_partitions.items())},
+        }
+    )
