@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from tests.mesh_harness import http, wait_for
@@ -13,13 +14,14 @@ SLACK_TOKEN = "xoxb-000000000000-secret-token-for-tests"
 WEBHOOK = "http://127.0.0.1:9/services/T000/B000/secret-webhook-path"
 
 
-def test_tokens_required_never_logged_and_no_http_writes(mesh_factory):
+def test_tokens_required_never_logged_json_logs_and_no_http_writes(mesh_factory):
     mesh = mesh_factory(
         QUERY_TOKEN=QUERY_TOKEN,
         SLACK_BOT_TOKEN=SLACK_TOKEN,
         SLACK_WEBHOOK_URL=WEBHOOK,
         SLACK_BASE_URL="http://127.0.0.1:9/api/",
         LOG_LEVEL="debug",
+        LOG_FORMAT="json",
     )
     mesh.start("ctr", "warehouse", "alerting")
     wh = mesh.services["warehouse"]
@@ -65,3 +67,9 @@ def test_tokens_required_never_logged_and_no_http_writes(mesh_factory):
         log = svc.log()
         for secret in (QUERY_TOKEN, SLACK_TOKEN, "secret-webhook-path"):
             assert secret not in log, f"{secret[:8]}… found in the {name} log"
+        # LOG_FORMAT=json: every log line is one JSON object naming its service; the rest is
+        # faust's start-up banner (a box drawn on stdout; the log lines go to stderr)
+        lines = [line for line in log.splitlines() if line.strip()]
+        records = [orjson.loads(line) for line in lines if line.startswith("{")]
+        assert {r["service"] for r in records} == {name} and len(records) > 20
+        assert all(line[0] in "+|" for line in lines if not line.startswith("{")), name
