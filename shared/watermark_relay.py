@@ -25,7 +25,7 @@ class RelayedWatermark:
         self.sent = False
 
     def observe(self, marker: dict[str, Any]) -> None:
-        self.watermark.observe(marker["src"], marker["ts"], marker["of"], marker.get("idle", False))
+        self.watermark.observe_marker(marker)
 
     async def forward(self, out: BatchOutput, topic: str, partitions: int) -> None:
         """After a batch: tell downstream if the watermark moved or idleness changed."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -26,50 +27,74 @@ MARKER_FRESH_S = 5 * MARKER_REPEAT_S
 
 
 def encode_marker(source: str, event_time_ms: int, of: int, idle: bool = False) -> bytes:
-    return orjson.dumps({"kind": MARKER_KIND, "src": source, "ts": event_time_ms, "of": of, "idle": idle})
+    """ "source has seen event time up to ts" (idle: "... and has nothing left to read"), and when
+    it said so ("at", wall-clock ms): an idle claim is believed only while it is fresh."""
+    return orjson.dumps(
+        {
+            "kind": MARKER_KIND,
+            "src": source,
+            "ts": event_time_ms,
+            "of": of,
+            "idle": idle,
+            "at": int(time.time() * 1000),
+        }
+    )
 
 
 @dataclass
 class SourceProgress:
     event_time_ms: int
     idle: bool
-    heard_at: float = 0.0  # time.monotonic() of its latest marker
+    said_at: float  # wall-clock seconds when the source said so (the marker's "at")
 
 
 @dataclass
 class MultiSourceWatermark:
     """Minimum event-time progress over the active upstream sources of one partition.
-    Never goes back."""
+    Never goes back.
+
+    "Idle" is a claim about one moment: new input may arrive right after it, or the stage that
+    made it may die with input arriving behind it. So an idle claim counts only while it is fresh
+    (said within MARKER_FRESH_S; idle stages repeat it every second); a stale one makes the
+    source count as active again at its last event time, which holds the watermark there. A
+    marker replayed from the log after a restart is as old as when it was first said."""
 
     expected_sources: int = 0
     sources: dict[str, SourceProgress] = field(default_factory=dict)
     value: int = NEG_INF
 
-    def observe(self, source: str, event_time_ms: int, of: int, idle: bool = False) -> int:
+    def observe(
+        self, source: str, event_time_ms: int, of: int, idle: bool = False, said_at_ms: int | None = None
+    ) -> int:
         self.expected_sources = max(self.expected_sources, of)
         prev = self.sources.get(source)
         ts = event_time_ms if prev is None else max(prev.event_time_ms, event_time_ms)
-        self.sources[source] = SourceProgress(ts, idle, time.monotonic())
+        said_at = said_at_ms / 1000 if said_at_ms is not None else time.time()
+        self.sources[source] = SourceProgress(ts, idle, said_at)
         return self.recompute()
+
+    def observe_marker(self, marker: dict[str, Any]) -> int:
+        return self.observe(
+            marker["src"], marker["ts"], marker["of"], marker.get("idle", False), marker.get("at")
+        )
+
+    @staticmethod
+    def _idle(p: SourceProgress, now: float) -> bool:
+        return p.idle and now - p.said_at <= MARKER_FRESH_S
 
     @property
     def all_idle(self) -> bool:
-        """Every expected source said it has nothing left to read. Not before all were heard:
-        right after a restart the first markers are often from empty topics' partitions (idle at
-        once), and a source not yet heard from may be draining a backlog."""
+        """Every expected source said recently that it has nothing left to read. Not before all
+        were heard: right after a restart the first markers are often from empty topics'
+        partitions (idle at once), and a source not yet heard from may be draining a backlog."""
+        now = time.time()
         return len(self.sources) >= max(self.expected_sources, 1) and all(
-            p.idle for p in self.sources.values()
+            self._idle(p, now) for p in self.sources.values()
         )
-
-    def settled(self, max_age_s: float) -> bool:
-        """All sources idle, and each said so recently: a stage that died is no longer heard,
-        and what it had read but not yet forwarded would arrive after any flush made now."""
-        now = time.monotonic()
-        return self.all_idle and all(now - p.heard_at <= max_age_s for p in self.sources.values())
 
     def describe(self) -> dict[str, object]:
         """For the /watermarks views: what this clock waits for, when a window does not close."""
-        now = time.monotonic()
+        now = time.time()
         return {
             "watermark": self.value,
             "expected_sources": self.expected_sources,
@@ -77,7 +102,7 @@ class MultiSourceWatermark:
                 name: {
                     "event_time_ms": p.event_time_ms,
                     "idle": p.idle,
-                    "heard_s_ago": round(now - p.heard_at, 1),
+                    "said_s_ago": round(now - p.said_at, 1),
                 }
                 for name, p in sorted(self.sources.items())
             },
@@ -86,7 +111,8 @@ class MultiSourceWatermark:
     def recompute(self) -> int:
         if len(self.sources) < self.expected_sources:
             return self.value  # a source we have not heard from yet could hold older events
-        active = [p.event_time_ms for p in self.sources.values() if not p.idle]
+        now = time.time()
+        active = [p.event_time_ms for p in self.sources.values() if not self._idle(p, now)]
         if active:
             self.value = max(self.value, min(active))
         return self.value

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from shared.app import key_partition
-from shared.watermarks import MARKER_FRESH_S, NEG_INF, MultiSourceWatermark
+from shared.watermarks import NEG_INF, MultiSourceWatermark
 from shared.windows import Emit, KeyState, Placement, WindowSpec, add, close, latest_open_end, new_state
 
 Record = dict[str, Any]
@@ -143,7 +143,7 @@ class WindowedAggregation:
                 "floor": c.floor,
                 "closed_to": c.closed_to,
                 "keys_with_open_windows": len(c.keys),
-                "settled": c.progress.settled(MARKER_FRESH_S),
+                "all_sources_idle": c.progress.all_idle,
                 "upstream": c.progress.describe(),
             }
             for p, c in sorted(self.partitions.items())
@@ -167,7 +167,7 @@ class WindowedAggregation:
             c = self.clock(p)
             if rec.get("kind") == "wm":
                 # Markers are not input: they keep coming (repeated) when nothing happens.
-                c.progress.observe(rec["src"], rec["ts"], rec["of"], rec.get("idle", False))
+                c.progress.observe_marker(rec)
                 touched.setdefault(p, set())
                 continue
             self.last_input_at = time.monotonic()
@@ -210,7 +210,7 @@ class WindowedAggregation:
         for p, c in self.partitions.items():
             if not c.keys or (owned is not None and p not in owned):
                 continue
-            if not c.progress.settled(MARKER_FRESH_S):
+            if not c.progress.all_idle:
                 continue
             for key in c.keys:
                 states[key] = self._load(key)

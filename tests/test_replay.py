@@ -54,7 +54,7 @@ def idle_marker(ts, src="join:0"):
 def test_idle_flush_waits_for_upstream_to_say_it_has_read_everything(monkeypatch):
     clock = [1_000.0]
     monkeypatch.setattr("shared.windowed_agent.time.monotonic", lambda: clock[0])
-    monkeypatch.setattr("shared.watermarks.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("shared.watermarks.time.time", lambda: clock[0])
     w = WindowedAggregation({}, SPEC, idle_timeout_s=3, partitions=1)
     w.commit_states(w.process(batch(imp(1_000, 1), marker(2_000)), contribute))
     clock[0] += 60  # silence alone: upstream may have crashed with events read but not forwarded
@@ -67,7 +67,7 @@ def test_idle_flush_waits_for_upstream_to_say_it_has_read_everything(monkeypatch
 def test_idle_flush_does_not_trust_an_idle_word_that_went_stale(monkeypatch):
     clock = [1_000.0]
     monkeypatch.setattr("shared.windowed_agent.time.monotonic", lambda: clock[0])
-    monkeypatch.setattr("shared.watermarks.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("shared.watermarks.time.time", lambda: clock[0])
     w = WindowedAggregation({}, SPEC, idle_timeout_s=3, partitions=1)
     w.commit_states(w.process(batch(imp(1_000, 1), idle_marker(2_000)), contribute))
     clock[0] += 60  # it said idle once, a minute ago, and then nothing: it may be gone

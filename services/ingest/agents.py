@@ -280,6 +280,23 @@ async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
 @app.on_partitions_assigned.connect
 async def reindex_after_assignment(app: Any, assigned: Any, **kwargs: Any) -> None:
     await reindex_after_rebalance(app)
+    await claim_raw_partitions(assigned)
+
+
+async def claim_raw_partitions(assigned: Any) -> None:
+    """Before reading raw partitions it has just been given, say that they are active: an idle
+    claim by their previous reader (that died, or left) may still look fresh downstream while
+    input has arrived behind it. Idle ones are marked idle again by the next timer tick."""
+    raw = set(topics.raw_sources())
+    out = BatchOutput(app)
+    async with validate_lock:
+        for tp in sorted(tp for tp in assigned if tp.topic in raw):
+            source = f"{tp.topic}:{tp.partition}"
+            progress = raw_progress.get(source, NEG_INF)
+            await out.broadcast_marker(
+                topics.by_event_key, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS
+            )
+        await out.flush()
 
 
 @app.on_rebalance_complete.connect
