@@ -14,6 +14,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 from faust import web
 
+from shared import consumer_rewind
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
 from shared.logs import logging_config
 from shared.metrics import PrometheusSensor, exposition, refresh_consumer_lag
@@ -21,6 +22,9 @@ from shared.settings import Settings, get_settings
 from shared.topics import topic_names
 
 log = logging.getLogger(__name__)
+
+# faust's consumer can skip messages after a start or rebalance: see shared/consumer_rewind.py
+consumer_rewind.install()
 
 
 async def ensure_topics(settings: Settings, names: list[str]) -> None:
