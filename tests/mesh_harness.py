@@ -57,9 +57,13 @@ class Service:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    log_start: int = 0  # earlier runs of the same service are kept above this offset
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """This run's log."""
+        with self.log_path.open("rb") as f:
+            f.seek(self.log_start)
+            return f.read().decode(errors="replace")
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -105,15 +109,18 @@ class Mesh:
             env = {**self.env, f"{service.upper()}_WEB_PORT": str(port)}
             if instance:
                 env["DATA_DIR"] = str(self.workdir / f"data{instance}")
+            log_file = log_path.open("ab")  # a restart appends: a post-mortem sees every run
+            log_start = log_file.tell()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "faust", "-A", f"services.{service}", "worker", "-l", "info"],
                 cwd=ROOT,
                 env=env,
-                stdout=log_path.open("wb"),
+                stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            self.services[name] = Service(name, proc, port, log_path)
+            log_file.close()
+            self.services[name] = Service(name, proc, port, log_path, log_start)
         if wait:
             for service in names:
                 name = f"{service}{instance}"
