@@ -232,7 +232,6 @@ def wait_for_oracle(mesh: Mesh, total: Expected, what: str) -> None:
     wait_for(lambda: check_readouts(mesh, total) is None, 30, f"{what}: readouts", interval=0.5)
 
 
-@pytest.mark.flaky(reruns=2)  # intermittent under load: see the closing notes
 def test_engagement_facts_equal_the_oracle_per_format_joint_and_across_a_kill_9(mesh_factory):
     mesh = mesh_factory(**SETTINGS)
     t0 = time.monotonic()

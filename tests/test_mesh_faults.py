@@ -46,7 +46,6 @@ def test_kill_9_of_each_service_mid_stream_changes_nothing(mesh_factory):
     assert_exact(mesh, sent, spec)
 
 
-@pytest.mark.flaky(reruns=2)  # intermittent under load: see the closing notes
 def test_a_second_ctr_worker_joins_and_leaves_mid_stream(mesh_factory):
     mesh = mesh_factory(**FAST)
     mesh.start("ingest", "ctr", "warehouse")
