@@ -153,6 +153,13 @@ class Mesh:
     def scalar(self, sql: str) -> Any:
         return self.query(sql)[0][0]
 
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+        """wait_for, and on a timeout say what every service's event time waits for."""
+        try:
+            return wait_for(predicate, timeout, what, interval)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.diagnostics()}") from None
+
     def diagnostics(self) -> str:
         """What a stalled mesh waits for: every running service's event-time progress."""
         out = []

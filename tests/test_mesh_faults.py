@@ -32,7 +32,7 @@ def test_kill_9_of_each_service_mid_stream_changes_nothing(mesh_factory):
     first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
 
     sent = asyncio.run(produce(mesh, first))
-    wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "first windows")
+    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "first windows")
     mesh.stop("ctr", signal.SIGKILL)
     mesh.stop("ingest", signal.SIGKILL)
     sent += asyncio.run(produce(mesh, second))
@@ -55,7 +55,7 @@ def test_a_second_ctr_worker_joins_and_leaves_mid_stream(mesh_factory):
     sent = asyncio.run(produce(mesh, first))
     mesh.start("ctr", instance="-2")  # joins: partitions and their table state move to it
     sent += asyncio.run(produce(mesh, second))
-    wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "windows")
+    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "windows")
     mesh.stop("ctr-2")  # leaves: its partitions come back with the state it wrote
     sent += asyncio.run(produce(mesh, third))
     assert_exact(mesh, sent, spec)
