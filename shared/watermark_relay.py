@@ -31,8 +31,19 @@ class RelayedWatermark:
         """After a batch: tell downstream if the watermark moved or idleness changed."""
         wm, idle = self.watermark.recompute(), self.watermark.all_idle
         if wm > self.sent_watermark or idle != self.sent_idle or not self.sent:
-            await out.broadcast_marker(topic, partitions, self.source, wm, partitions, idle)
-            self.sent_watermark, self.sent_idle, self.sent = wm, idle, True
+            await self._send(out, topic, partitions, wm, idle)
+
+    async def repeat(self, out: BatchOutput, topic: str, partitions: int) -> None:
+        """Say the last word again, but withdraw "idle" if an upstream idle claim went stale since
+        (its stage died, say): a repeat must not vouch for it as fresh. Nothing new is claimed
+        here (it may run between a batch's events): progress and idleness are told by forward()."""
+        if self.sent:
+            idle = self.sent_idle and self.watermark.all_idle
+            await self._send(out, topic, partitions, self.sent_watermark, idle)
+
+    async def _send(self, out: BatchOutput, topic: str, partitions: int, wm: int, idle: bool) -> None:
+        await out.broadcast_marker(topic, partitions, self.source, wm, partitions, idle)
+        self.sent_watermark, self.sent_idle, self.sent = wm, idle, True
 
     def describe(self) -> dict[str, object]:
         return {
@@ -40,12 +51,6 @@ class RelayedWatermark:
             "sent_idle": self.sent_idle,
             "upstream": self.watermark.describe(),
         }
-
-    async def repeat(self, out: BatchOutput, topic: str, partitions: int) -> None:
-        if self.sent:
-            await out.broadcast_marker(
-                topic, partitions, self.source, self.sent_watermark, partitions, self.sent_idle
-            )
 
 
 async def repeat_markers(

@@ -129,3 +129,30 @@ def test_a_stale_idle_claim_replayed_after_a_restart_holds_the_watermark(monkeyp
     fresh = MultiSourceWatermark()
     fresh.observe("impressions:0", 50_000, of=2, idle=True, said_at_ms=999_000)
     assert fresh.observe("impressions:1", 90_000, of=2, said_at_ms=1_000_000) == 90_000
+
+
+def test_a_relay_withdraws_an_idle_word_that_went_stale_upstream(monkeypatch):
+    # engagement's fan-out repeats "join:0 is idle" every second; if ingest dies, the repeats must
+    # stop vouching for it, or engagement would flush windows that ingest's backlog still feeds.
+    import asyncio
+
+    from shared.watermark_relay import RelayedWatermark
+
+    clock = [1_000.0]
+    monkeypatch.setattr("shared.watermarks.time.time", lambda: clock[0])
+
+    class Out:
+        def __init__(self):
+            self.said = []
+
+        async def broadcast_marker(self, topic, partitions, source, ts, of, idle=False):
+            self.said.append((ts, idle))
+
+    relay, out = RelayedWatermark("fan-out:0"), Out()
+    relay.observe({"src": "join:0", "ts": 5_000, "of": 1, "idle": True, "at": 1_000_000})
+    asyncio.run(relay.forward(out, "t", 1))
+    asyncio.run(relay.repeat(out, "t", 1))
+    clock[0] += 10  # no word from join:0 since
+    asyncio.run(relay.repeat(out, "t", 1))
+    # (an idle source alone does not move the watermark)
+    assert out.said == [(NEG_INF, True), (NEG_INF, True), (NEG_INF, False)]
