@@ -69,18 +69,13 @@ class KeyedTable(faust.Table):
     partition_by: Callable[[bytes], bytes] | None = None
 
     def partition_for_key(self, key: Any) -> int:
-        key = self.partition_by(key) if self.partition_by else key
-        return key_partition(key.encode() if isinstance(key, str) else key, self.partitions)
+        return key_partition(self.partition_by(key) if self.partition_by else key, self.partitions)
 
 
 def keyed_table(
-    app: faust.App,
-    name: str,
-    partitions: int,
-    partition_by: Callable[[bytes], bytes] | None = None,
-    key_type: type = bytes,
+    app: faust.App, name: str, partitions: int, partition_by: Callable[[bytes], bytes] | None = None
 ) -> KeyedTable:
-    """bytes (or str) -> bytes table (values are orjson, small per key: never a growing list)."""
+    """bytes -> bytes table (values are orjson, small per key: never a growing list)."""
     table = KeyedTable(
         app,
         name=name,
@@ -89,7 +84,7 @@ def keyed_table(
         partitions=partitions,
         # faust derives a table's changelog serializers from key_type/value_type only ("raw" for
         # bytes); a schema= alone would leave them "json" and recovery would decode garbage.
-        key_type=key_type,
+        key_type=bytes,
         value_type=bytes,
     )
     table.partition_by = partition_by

@@ -1,9 +1,8 @@
 """alerting agents: anomalies → pending deliveries (table) → Slack, recorded on alert-deliveries.
 
-Run one alerting worker. Both tables are written outside any stream event (by the delivery loop),
-so their partition is computed from the key, not from an input partition: with several workers a
-key's state could sit on another worker than the anomaly that needs it; a single worker restores
-every partition and sees all of it.
+Run one alerting worker. Both tables use the producer's partitioner (the delivery loop writes them
+outside any stream event), so with several workers a key's state could sit on another worker than
+the anomaly that needs it; a single worker restores every partition and sees all of it.
 """
 
 from __future__ import annotations
