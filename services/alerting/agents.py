@@ -106,7 +106,8 @@ async def take_anomalies(stream: Any) -> None:
             deliverer.intake(anomaly)
         except Exception as exc:  # unreadable state for this key: skip it, keep the stream alive
             error = deliverer.redact.exception_text(exc)
-            log.error("could not take anomaly %s: %s", anomaly.anomaly_id, error)
+            # With its traceback (secrets are masked in every log line and traceback, shared.logs).
+            log.error("could not take anomaly %s: %s", anomaly.anomaly_id, error, exc_info=True)
 
 
 @app.task
