@@ -69,13 +69,18 @@ class KeyedTable(faust.Table):
     partition_by: Callable[[bytes], bytes] | None = None
 
     def partition_for_key(self, key: Any) -> int:
-        return key_partition(self.partition_by(key) if self.partition_by else key, self.partitions)
+        key = self.partition_by(key) if self.partition_by else key
+        return key_partition(key.encode() if isinstance(key, str) else key, self.partitions)
 
 
 def keyed_table(
-    app: faust.App, name: str, partitions: int, partition_by: Callable[[bytes], bytes] | None = None
+    app: faust.App,
+    name: str,
+    partitions: int,
+    partition_by: Callable[[bytes], bytes] | None = None,
+    key_type: type = bytes,
 ) -> KeyedTable:
-    """bytes -> bytes table (values are orjson, small per key: never a growing list)."""
+    """bytes (or str) -> bytes table (values are orjson, small per key: never a growing list)."""
     table = KeyedTable(
         app,
         name=name,
@@ -84,7 +89,7 @@ def keyed_table(
         partitions=partitions,
         # faust derives a table's changelog serializers from key_type/value_type only ("raw" for
         # bytes); a schema= alone would leave them "json" and recovery would decode garbage.
-        key_type=bytes,
+        key_type=key_type,
         value_type=bytes,
     )
     table.partition_by = partition_by

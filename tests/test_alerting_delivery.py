@@ -603,3 +603,25 @@ async def test_a_superseding_incident_resolves_the_keys_message(fake: FakeSlack,
     assert message["text"].startswith("RESOLVED")
     assert len(fake.replies(message["ts"])) == 3  # y0, y1, the resolved reply
     assert bot.delivery("r").parent_id == "x0"
+
+
+def test_alerting_tables_write_before_the_producer_knows_their_changelogs() -> None:
+    """Right after start the producer's metadata cache may not know a changelog created a moment
+    before; a table write that asks it for partitions then fails half-way through an intake (seen
+    in CI: every later window of an incident became a new top-level message). The alerting tables
+    compute their partition from the key, so a write never consults that cache."""
+    from unittest import mock
+
+    from services.alerting import agents
+
+    producer_type = type(agents.app.producer)
+    no_metadata = TypeError("'NoneType' object is not iterable")  # aiokafka's error for that case
+    with (
+        mock.patch.object(producer_type, "key_partition", side_effect=no_metadata),
+        mock.patch.object(producer_type, "send_soon") as send_soon,
+    ):
+        agents.delivery_table["a1"] = b"{}"
+        agents.open_alert_table["campaign:c-1"] = b"{}"
+    partitions = [future.message.partition for (future,), _ in send_soon.call_args_list]
+    assert len(partitions) == 2
+    assert all(0 <= p < agents.settings.topic_partitions for p in partitions)

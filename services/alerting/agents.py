@@ -1,8 +1,9 @@
 """alerting agents: anomalies → pending deliveries (table) → Slack, recorded on alert-deliveries.
 
-Run one alerting worker. Both tables use the producer's partitioner (the delivery loop writes them
-outside any stream event), so with several workers a key's state could sit on another worker than
-the anomaly that needs it; a single worker restores every partition and sees all of it.
+Run one alerting worker. Both tables are written outside any stream event (by the delivery loop),
+so their partition is computed from the key, not taken from an input partition: with several
+workers a key's state could sit on another worker than the anomaly that needs it; a single worker
+restores every partition and sees all of it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from services.alerting.settings import AlertingSettings
 from services.alerting.slack_delivery import AlertDeliverer
 from services.alerting.slack_transport import build_transport
 from shared import metrics
+from shared.app import keyed_table
 from shared.topics import topic_names
 
 log = logging.getLogger(__name__)
@@ -33,27 +35,16 @@ alert_deliveries_topic = app.topic(
     topics.alert_deliveries, value_type=bytes, value_serializer="raw", key_type=bytes, key_serializer="raw"
 )
 
-# Both tables: str keys, orjson-encoded bytes values. faust derives a table's changelog serializers
-# from key_type/value_type only (bytes -> "raw", anything else -> "json"; a `schema=` argument does
-# not change them): values go raw, keys as JSON strings, and both come back as written on recovery.
+# Both tables: str keys, orjson-encoded bytes values (keys go to the changelog as JSON strings,
+# values raw; both come back as written on recovery).
+# Keyed tables, not faust's `use_partitioner=True`: that one asks the producer's metadata cache for
+# the changelog's partitions synchronously, and right after start the cache may not know a changelog
+# created a moment before. aiokafka then fails with "'NoneType' object is not iterable" between the
+# two writes of an intake, and every later window of that incident became a new top-level message.
 # anomaly_id -> Delivery (orjson): dedup across restarts, pending retries, the ts of each message.
-delivery_table = app.Table(
-    "alerting-deliveries",
-    default=None,
-    key_type=str,
-    value_type=bytes,
-    partitions=settings.topic_partitions,
-    use_partitioner=True,
-)
+delivery_table = keyed_table(app, "alerting-deliveries", settings.topic_partitions, key_type=str)
 # "key_type:key" -> OpenAlert (orjson): the key's last top-level alert, for the cooldown.
-open_alert_table = app.Table(
-    "alerting-open-alerts",
-    default=None,
-    key_type=str,
-    value_type=bytes,
-    partitions=settings.topic_partitions,
-    use_partitioner=True,
-)
+open_alert_table = keyed_table(app, "alerting-open-alerts", settings.topic_partitions, key_type=str)
 
 
 def log_mode(config: AlertingSettings, mode: str) -> None:
