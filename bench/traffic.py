@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import orjson
 
-from services.generator.batching import BatchSender, Deliveries
 from services.generator.producer import make_producer
 from services.generator.spec import TrafficSpec
 from services.generator.traffic import TrafficGenerator
 from shared.app import ensure_topics
+from shared.kafka_batches import BatchSender, Deliveries
 from shared.settings import Settings
 from shared.topics import topic_names
 

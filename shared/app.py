@@ -11,10 +11,10 @@ from typing import Any
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
 from faust import web
 
 from shared import consumer_rewind
+from shared.kafka_batches import murmur2
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
 from shared.logs import logging_config
 from shared.metrics import PrometheusSensor, exposition, refresh_consumer_lag

@@ -7,22 +7,32 @@ before the body returns keeps the at-least-once promise: a crash can repeat outp
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import faust
 
+from shared.kafka_batches import BatchSender, Deliveries
 from shared.metrics import count_out
 from shared.watermarks import encode_marker
 
 
 class BatchOutput:
+    """Per-partition batches on the app's aiokafka producer (shared.kafka_batches), shipped and
+    awaited in `flush()`. Messages to one partition keep the order of the `send` calls, so a
+    marker sent after a batch's events reaches every partition after them."""
+
     def __init__(self, app: faust.App) -> None:
         self._app = app
         self._service = getattr(app, "service", "") or "unknown"
-        self._pending: list[Awaitable[Any]] = []
+        self._deliveries = Deliveries()
+        self._sender: BatchSender | None = None
         self._topics: list[str] = []
+
+    def _batches(self) -> BatchSender:
+        if self._sender is None:
+            # faust's producer wraps aiokafka's; changelog writes keep going through faust.
+            self._sender = BatchSender(self._app.producer._ensure_producer(), self._deliveries)
+        return self._sender
 
     async def send(
         self,
@@ -33,10 +43,7 @@ class BatchOutput:
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
-        fut = await self._app.producer.send(
-            topic, key, value, partition=partition, timestamp=None, headers=headers
-        )
-        self._pending.append(fut)
+        await self._batches().send(topic, key, value, partition=partition, headers=headers)
         self._topics.append(topic)
 
     async def broadcast_marker(
@@ -48,10 +55,12 @@ class BatchOutput:
             await self.send(topic, None, marker, partition=p)
 
     async def flush(self) -> int:
-        """Wait until the broker acknowledged everything sent since the last flush."""
-        pending, self._pending = self._pending, []
+        """Ship the open batches and wait until the broker acknowledged everything sent since the
+        last flush; returns how many messages that was."""
         topics, self._topics = self._topics, []
-        if pending:
-            await asyncio.gather(*pending)
+        if self._sender is not None:
+            await self._sender.flush()
+        await self._deliveries.wait_all()
+        if topics:
             count_out(self._service, topics)
-        return len(pending)
+        return len(topics)

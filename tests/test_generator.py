@@ -21,7 +21,6 @@ import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from services.generator import cli
-from services.generator.batching import murmur2
 from services.generator.spec import (
     COUNTED_LABELS,
     TRUTH_LABELS,
@@ -31,6 +30,7 @@ from services.generator.spec import (
     TrafficSpec,
 )
 from services.generator.traffic import TrafficGenerator, generate, generate_with_truth
+from shared.kafka_batches import murmur2
 from shared.settings import Settings
 
 START = 1_700_000_000_000

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
-from services.generator.batching import BatchSender, Deliveries
 from services.generator.spec import Format, GeneratedMessage, TopicKind, TrafficSpec
 from services.generator.traffic import TrafficGenerator
 from shared.app import ensure_topics
+from shared.kafka_batches import BatchSender, Deliveries
 from shared.kafka_security import aiokafka_kwargs
 from shared.settings import Settings
 from shared.topics import topic_names
