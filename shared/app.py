@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust import web
@@ -57,6 +58,16 @@ def key_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def table_json(value: Any) -> bytes:
+    """orjson.dumps for bytes a table keeps (as key or value) until they expire.
+
+    orjson 3.12+ returns a bytes object whose allocation is at least 4 KiB however short the JSON;
+    a table holding one per remembered impression grew ingest by ~4 KiB per event (10-minute soak:
+    +761 MiB). The copy is sized to the JSON: 100k entries of ~200 B cost 228 B each, not 4,120.
+    """
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 class KeyedTable(faust.Table):
     """A table whose changelog partition is the Kafka partition of its key, computed here.
 
@@ -101,6 +112,13 @@ class MeshApp(faust.App):
 
     mesh_settings: Settings
     service: str = ""
+
+    def on_init_dependencies(self) -> Iterable[Any]:
+        deps = super().on_init_dependencies()
+        # faust's default Monitor sensor keeps per-message statistics nobody here reads (the mesh
+        # has its own Prometheus sensor): 4-5% of every worker's CPU in the profile.
+        self.sensors.remove(self.monitor)
+        return deps
 
     async def on_first_start(self) -> None:
         await super().on_first_start()

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from shared.app import key_partition
+from shared.app import key_partition, table_json
 from shared.watermarks import NEG_INF, MultiSourceWatermark
 from shared.windows import Emit, KeyState, Placement, WindowSpec, add, close, latest_open_end, new_state
 
@@ -248,7 +248,7 @@ class WindowedAggregation:
                 # An untouched, unchanged key is not rewritten: its stored "wm" may lag, which only
                 # makes the floor restored after a restart conservative.
                 state["p"] = p
-                result.writes[key] = orjson.dumps(state)
+                result.writes[key] = table_json(state)
         if moved:
             c.closed_to = wm
             for key, since in list(c.retired.items()):
@@ -257,7 +257,7 @@ class WindowedAggregation:
                     del c.retired[key]
             # Persisted so that after a restart no window that was already closed and dropped can
             # be opened again by an event that is late (the restored watermark is the floor).
-            result.writes[watermark_key(p, self.partition_count)] = orjson.dumps({"p": p, "wm": wm, "w": {}})
+            result.writes[watermark_key(p, self.partition_count)] = table_json({"p": p, "wm": wm, "w": {}})
 
     def _load(self, key: bytes) -> KeyState:
         raw = self.table.get(key)

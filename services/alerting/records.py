@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args
 
 import orjson
 
+from shared.app import table_json
+
 AnomalyKind = Literal["ctr_high", "ctr_low", "traffic_drop", "sales_spike", "resolved"]
 KeyType = Literal["campaign", "item"]
 Severity = Literal["warning", "critical"]
@@ -155,7 +157,7 @@ def _known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode_delivery(delivery: Delivery) -> bytes:
-    return orjson.dumps(dataclasses.asdict(delivery))
+    return table_json(dataclasses.asdict(delivery))
 
 
 def decode_delivery(raw: bytes) -> Delivery:
@@ -179,7 +181,7 @@ class OpenAlert:
 
 
 def encode_open_alert(open_alert: OpenAlert) -> bytes:
-    return orjson.dumps(dataclasses.asdict(open_alert))
+    return table_json(dataclasses.asdict(open_alert))
 
 
 def decode_open_alert(raw: bytes) -> OpenAlert:

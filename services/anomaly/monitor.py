@@ -22,7 +22,7 @@ import orjson
 
 from services.anomaly.detectors import CtrConfig, Event, SalesConfig, State, ctr_step, sales_step
 from services.anomaly.silence import PartitionProgress
-from shared.app import key_partition
+from shared.app import key_partition, table_json
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class StagedStates:
 
     def commit(self) -> int:
         for key in self._dirty:
-            self.table[key] = orjson.dumps(self._staged[key])
+            self.table[key] = table_json(self._staged[key])
         written = len(self._dirty)
         self.discard()
         return written

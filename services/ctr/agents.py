@@ -11,7 +11,7 @@ import orjson
 from services.ctr.app import app, settings
 from services.ctr.metrics import contribution, ctr_result, shift_latest
 from shared import metrics as mesh_metrics
-from shared.app import keyed_table, owned_partitions, raw_schema
+from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.topics import topic_names
 from shared.windowed_agent import BatchResult, WindowedAggregation
@@ -65,7 +65,7 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
     for row in latest:
         key = row["campaign_id"].encode()
         current = ctr_latest.get(key)
-        ctr_latest[key] = orjson.dumps(shift_latest(orjson.loads(current) if current else None, row))
+        ctr_latest[key] = table_json(shift_latest(orjson.loads(current) if current else None, row))
 
 
 @app.on_partitions_assigned.connect

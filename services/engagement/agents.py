@@ -28,7 +28,7 @@ from services.engagement.metrics import (
     window_records,
 )
 from services.engagement.readout import readout_records
-from shared.app import key_partition, keyed_table, owned_partitions, raw_schema
+from shared.app import key_partition, keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.topics import topic_names
 from shared.watermark_relay import RelayedWatermark, repeat_markers
@@ -191,7 +191,7 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
     windows.commit_states(result)
     durably_closed.update(closed_watermarks())
     for key, records in readouts.items():
-        engagement_readouts[key.encode()] = orjson.dumps({r["variation"]: r for r in records})
+        engagement_readouts[key.encode()] = table_json({r["variation"]: r for r in records})
 
 
 @app.on_partitions_assigned.connect

@@ -29,14 +29,14 @@ from typing import Any
 
 import orjson
 
-from shared.app import key_partition
+from shared.app import key_partition, table_json
 from shared.windows import WindowSpec
 
 SetsKey = tuple[str, int | None]  # (aggregate key, window start or None for lifetime sets)
 
 
 def entry_key(key: str, window: int | None, name: str, member: str) -> bytes:
-    return orjson.dumps([key, window, name, member])
+    return table_json([key, window, name, member])
 
 
 def aggregate_key_of(entry: bytes) -> bytes:

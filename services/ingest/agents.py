@@ -25,7 +25,7 @@ from services.ingest.formats import (
 )
 from services.ingest.join import Outcome, Record, expire, mark_applied, new_entry, on_event, replayed
 from shared import metrics
-from shared.app import keyed_table, owned_partitions, raw_schema
+from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.source_idleness import SourceActivity
 from shared.topics import topic_names
@@ -243,7 +243,7 @@ class JoinBatch:
             await self.out.send(topics.discarded, rec["src"].encode(), orjson.dumps(rec))
 
     def changed(self, key: bytes, entry: Record, forget: bool = False) -> None:
-        self.writes[key] = None if forget else orjson.dumps(entry)
+        self.writes[key] = None if forget else table_json(entry)
 
     async def commit(self) -> None:
         await self.out.flush()
