@@ -30,6 +30,7 @@ from services.engagement.metrics import (
 from services.engagement.readout import readout_records
 from shared.app import key_partition, keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
+from shared.bundles import Bundler, unbundle
 from shared.topics import topic_names
 from shared.watermark_relay import RelayedWatermark, repeat_markers
 from shared.watermarks import MARKER_KIND, MARKER_REPEAT_S
@@ -77,6 +78,8 @@ def fan_out_partition(p: int) -> RelayedWatermark:
 @app.agent(canonical_topic)
 async def fan_out(stream: Any) -> None:
     out = BatchOutput(app)
+    # One message per engagement-by-key partition and batch, not one per event and dimension.
+    bundles = Bundler(topics.engagement_by_key, PARTITIONS)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
         touched: set[int] = set()
         for event in events:
@@ -90,7 +93,8 @@ async def fan_out(stream: Any) -> None:
                 # seq = this stage's position, increasing per canonical partition in every
                 # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash.
                 value = orjson.dumps({**rec, "key": key, "seq": [m.partition, m.offset, i]})
-                await out.send(topics.engagement_by_key, key.encode(), value)
+                bundles.add(key.encode(), value)
+        await bundles.send(out)
         # Markers after the batch's events: downstream never sees progress before the events in it.
         for p in touched:
             await fan_out_partition(p).forward(out, topics.engagement_by_key, PARTITIONS)
@@ -214,7 +218,11 @@ async def aggregate(stream: Any) -> None:
     out = BatchOutput(app)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
         async with windows.lock:
-            decoded = [(e.message.partition, e.key, orjson.loads(e.value)) for e in events]
+            decoded = [
+                (e.message.partition, rec["key"].encode() if "key" in rec else e.key, rec)
+                for e in events
+                for _, rec in unbundle(e.value)
+            ]
             # Results must be on the broker before faust acks (and later commits) this batch.
             await publish(out, windows.process(decoded, contribute))
 
