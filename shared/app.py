@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -13,6 +14,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust import web
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 
 from shared import consumer_rewind
 from shared.kafka_batches import murmur2
@@ -78,6 +80,21 @@ class KeyedTable(faust.Table):
     """
 
     partition_by: Callable[[bytes], bytes] | None = None
+    _unwritten: list[Any] | None = None  # changelog writes not yet acknowledged (FutureMessage)
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        if self._unwritten is None:
+            self._unwritten = []
+        self._unwritten.append(fut)
+        return fut
+
+    async def written(self) -> None:
+        """Wait until every changelog write made so far is acknowledged by the broker."""
+        unwritten, self._unwritten = self._unwritten or [], []
+        pending = [fut for fut in unwritten if not fut.done()]
+        if pending:
+            await asyncio.gather(*pending)
 
     def partition_for_key(self, key: Any) -> int:
         key = self.partition_by(key) if self.partition_by else key
@@ -105,6 +122,31 @@ def keyed_table(
     )
     table.partition_by = partition_by
     return app.tables.add(table)
+
+
+async def tables_written(app: Any) -> None:
+    for table in list(app.tables.values()):
+        if isinstance(table, KeyedTable):
+            await table.written()
+
+
+_faust_producer_flush = AIOKafkaFaustProducer.flush
+
+
+async def flush_with_table_writes(self: Any) -> None:
+    """faust's Producer.flush, which also waits for every table write to be acknowledged.
+
+    faust commits offsets after `producer.flush()`, and its flush gives up on its buffer of table
+    changelog writes after 0.1 s without a message sent (ProducerBuffer.flush_atmost): a commit
+    could then cover input whose state was still in that buffer. A kill -9 right after lost the
+    state while the input counted as read, and a rebalance restored the key's previous state (its
+    recovery stopped at an end offset taken before the write landed). Seen as exactly one event
+    missing from a window now and then in the kill -9 and rebalance tests."""
+    await _faust_producer_flush(self)
+    await tables_written(self.app)
+
+
+AIOKafkaFaustProducer.flush = flush_with_table_writes  # type: ignore[method-assign]
 
 
 class MeshApp(faust.App):

@@ -30,21 +30,18 @@ class SourceActivity:
         self.next_offset: dict[TP, int] = {}  # offset after the last processed message
         self.active_at: dict[TP, float] = {}
         self.started_at = time.monotonic()
-        self._checked_at = 0.0
-
-    def check_due(self, every_s: float = 0.25) -> bool:
-        """Rate limit for checks from the hot path (each asks the broker for end offsets)."""
-        now = time.monotonic()
-        if now - self._checked_at < every_s:
-            return False
-        self._checked_at = now
-        return True
 
     def processed(self, tp: TP, offset: int) -> None:
         self.next_offset[tp] = offset + 1
         self.active_at[tp] = time.monotonic()
 
-    async def idle_partitions(self) -> list[TP]:
+    def still_idle(self, candidates: list[tuple[TP, float | None]]) -> list[TP]:
+        """Those of `idle_partitions()`'s answer that nothing was read from since it was given."""
+        return [tp for tp, active_at in candidates if self.active_at.get(tp) == active_at]
+
+    async def idle_partitions(self) -> list[tuple[TP, float | None]]:
+        """(partition, when it was last read from) for each idle one; check `still_idle` before
+        acting on the answer if messages may have been processed during the broker round trip."""
         consumer = self.app.consumer
         tps = [tp for tp in consumer.assignment() if tp.topic in self.topics]
         if not tps:
@@ -64,5 +61,5 @@ class SourceActivity:
                 done = consumer._committed_offset.get(tp) or 0
             end = ends.get(tp)
             if end is not None and done is not None and done >= end:
-                idle.append(tp)
+                idle.append((tp, active_at))
         return idle

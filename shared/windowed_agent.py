@@ -67,13 +67,15 @@ class BatchResult:
 def already_applied(state: KeyState, seq: list[int] | None) -> bool:
     if seq is None:
         return False
+    # seq = [source partition, position...]: positions compare as lists (an offset, then the
+    # place in a bundle and in the record's outputs, as far as the producing stage has them).
     last = state.get("u", {}).get(str(seq[0]))
-    return last is not None and (seq[1], seq[2]) <= (last[0], last[1])
+    return last is not None and seq[1:] <= last
 
 
 def mark_applied(state: KeyState, seq: list[int] | None) -> None:
     if seq is not None:
-        state.setdefault("u", {})[str(seq[0])] = [seq[1], seq[2]]
+        state.setdefault("u", {})[str(seq[0])] = seq[1:]
 
 
 class WindowedAggregation:
@@ -137,6 +139,8 @@ class WindowedAggregation:
                 c.retired[key] = wm
 
     def describe(self) -> dict[int, dict[str, object]]:
+        owned = self.assigned()
+        no_input_s = round(time.monotonic() - self.last_input_at, 1)
         return {
             p: {
                 "watermark": self.watermark(c),
@@ -144,6 +148,9 @@ class WindowedAggregation:
                 "closed_to": c.closed_to,
                 "keys_with_open_windows": len(c.keys),
                 "all_sources_idle": c.progress.all_idle,
+                # what the idle flush also needs: no input for its timeout, and the partition owned
+                "no_input_for_s": no_input_s,
+                "owned": owned is None or p in owned,
                 "upstream": c.progress.describe(),
             }
             for p, c in sorted(self.partitions.items())
