@@ -10,11 +10,12 @@ campaign provably had no events in. "Provably" comes from ctr's partitioning:
 - A window [s, e) for which some campaign of p produced a result is *live*: p's watermark passed e,
   so every campaign of p without a result for it had no events in it (the same close pass would
   have emitted that result too).
-- Results of one close pass can interleave across campaigns (campaign A's windows s and s + size
-  can precede campaign B's window s). So a live window *settles* only once p has produced a
-  result `lag` windows later: by then the pass that closed it is over, unless one watermark step
-  closed more than `lag` windows at once (a long catch-up of a very thin stream; the cost is
-  a false synthetic window that B's real result then revises, as a version >= 1 update of it).
+- ctr sends the results of one close pass in window order across campaigns, and a pass closes
+  windows that no earlier pass closed. Results can still interleave a little (a late update of an
+  older window), so a live window *settles* only once p has produced a result `lag` windows
+  later. (Before ctr sorted its passes, a pass that closed more than `lag` windows at once, e.g.
+  a backlog drained fast, listed campaign A's windows s .. s + k before B's window s, and B got a
+  false synthetic window: seen as false traffic drops once the mesh got faster.)
 
 When a live window settles, every campaign of p that has a traffic baseline and no window at or
 after it gets the synthetic window. A campaign's real result first gets the live windows it

@@ -53,7 +53,11 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
     if result.late:
         mesh_metrics.late_events.labels("ctr").inc(len(result.late))
     now_ms = time.time() * 1000
-    for emit in result.emits:
+    # In window order across campaigns (each campaign's windows stay in order): the anomaly
+    # service decides that a campaign had no events in a window from the order of results in a
+    # partition (services/anomaly/silence.py), and a close pass that covers many windows at once
+    # (a backlog drained fast) must not list campaign A's later windows before B's earlier ones.
+    for emit in sorted(result.emits, key=lambda e: (e.start_ms, e.key)):
         mesh_metrics.window_emit_lag.labels("ctr").observe(
             max(now_ms - emit.end_ms - spec.delay_ms, 0) / 1000
         )
