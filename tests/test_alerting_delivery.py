@@ -375,9 +375,10 @@ async def test_hang_times_out_and_is_retried(fake: FakeSlack, bot: Harness) -> N
 
 async def test_timed_out_post_that_slack_accepted_is_not_posted_again(fake: FakeSlack) -> None:
     harness = make_harness(
-        make_settings(slack_bot_token=TEST_TOKEN, slack_base_url=fake.base_url, alert_retry_base_seconds=0.5)
+        make_settings(slack_bot_token=TEST_TOKEN, slack_base_url=fake.base_url, alert_retry_base_seconds=1.0)
     )
-    # Slack takes the message but answers after our 0.3 s timeout; we retry at 0.8 s.
+    # Slack takes the message at 0.5 s, after our 0.3 s timeout; the retry comes 1 s after the first
+    # attempt began (with a 0.5 s backoff, retry and Slack's processing raced: 2 posts on a busy box).
     fake.hang_next(1, 0.5, then_process=True, apis={"chat.postMessage"})
     harness.deliverer.intake(anomaly("a1"))
     assert await harness.deliverer.drain(5)
