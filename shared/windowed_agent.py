@@ -44,14 +44,17 @@ class PartitionClock:
     retired: dict[bytes, int] = field(default_factory=dict)
 
 
+WATERMARK_KEY_PREFIX = b"\x00watermark:"  # cannot start a real key: they are ids and names
+
+
 @cache
 def watermark_key(partition: int, partitions: int) -> bytes:
     """A table key that lands in `partition` itself, to persist that partition's watermark where
     the worker owning the partition restores it."""
     n = 0
-    while key_partition(f"\x00watermark:{partition}:{n}".encode(), partitions) != partition:
+    while key_partition(WATERMARK_KEY_PREFIX + f"{partition}:{n}".encode(), partitions) != partition:
         n += 1
-    return f"\x00watermark:{partition}:{n}".encode()
+    return WATERMARK_KEY_PREFIX + f"{partition}:{n}".encode()
 
 
 @dataclass
@@ -131,7 +134,7 @@ class WindowedAggregation:
                 self._restored.setdefault(state["p"], []).append((key, state["wm"], bool(state["w"])))
         for key, wm, has_windows in self._restored.pop(p, []):
             c.floor = max(c.floor, wm)
-            if key.startswith(b"\x00watermark:"):
+            if key.startswith(WATERMARK_KEY_PREFIX):
                 continue
             if has_windows:
                 c.keys.add(key)
