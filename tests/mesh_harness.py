@@ -72,6 +72,8 @@ class Service:
 
     def get_json(self, path: str) -> Any:
         r = http.request("GET", f"http://127.0.0.1:{self.port}{path}", timeout=10)
+        if r.status == 404:  # a page this service does not have answers "404: Not Found" as text
+            return r.status, None
         return r.status, orjson.loads(r.data) if r.data else None
 
 
