@@ -72,9 +72,12 @@ class Service:
 
     def get_json(self, path: str) -> Any:
         r = http.request("GET", f"http://127.0.0.1:{self.port}{path}", timeout=10)
-        if r.status == 404:  # a page this service does not have answers "404: Not Found" as text
-            return r.status, None
-        return r.status, orjson.loads(r.data) if r.data else None
+        try:
+            return r.status, orjson.loads(r.data) if r.data else None
+        except orjson.JSONDecodeError:
+            if r.status == 404:  # a page this service does not have: "404: Not Found", as text
+                return r.status, None
+            raise
 
 
 @dataclass
