@@ -7,6 +7,7 @@ own chDB directory and its own web ports; the broker is shared by the whole sess
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,9 +27,18 @@ http = urllib3.PoolManager()
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768 and up on Linux). A port the kernel
+    picks for us comes from that range, and any outgoing connection (a mesh opens dozens) can take
+    it between this check and the service's bind: seen once as "address already in use"."""
+    for _ in range(500):
+        port = random.randint(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def port_open(host: str, port: int) -> bool:
