@@ -4,7 +4,9 @@ fan-out): one upstream-facing clock per input partition, told on to every output
 Markers go out after the batch's events (downstream never sees progress before the events in it)
 and again every MARKER_REPEAT_S: a downstream worker that restarted or took over a partition has
 an empty clock and must hear from every source before it can move, close or flush anything.
-Repeating the last marker claims nothing new, so it needs no ordering with the batches.
+Repeating the last marker claims nothing new, but it must not run during a batch: the batch's
+events wait in per-partition batches until its flush, and a repeated "idle" sent meanwhile would
+reach downstream before them (callers hold one lock for a batch and for the repeats).
 """
 
 from __future__ import annotations

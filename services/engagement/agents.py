@@ -10,6 +10,7 @@ windows (shared.windowed_agent, the same engine and settings as ctr) and distinc
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,9 @@ distinct = DistinctSets(engagement_distinct, spec, PARTITIONS)
 # -- fan out -------------------------------------------------------------------------------------
 # canonical partition -> its event-time progress, forwarded to engagement-by-key
 fan_out_partitions: dict[int, RelayedWatermark] = {}
+# A fan-out batch and the marker repeats must not interleave: a batch's bundles wait until its
+# flush, and a repeated "idle" must not overtake them.
+fan_out_lock = asyncio.Lock()
 
 
 def fan_out_partition(p: int) -> RelayedWatermark:
@@ -81,31 +85,33 @@ async def fan_out(stream: Any) -> None:
     # One message per engagement-by-key partition and batch, not one per event and dimension.
     bundles = Bundler(topics.engagement_by_key, PARTITIONS)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
-        touched: set[int] = set()
-        for event in events:
-            m = event.message
-            touched.add(m.partition)
-            rec = orjson.loads(event.value)
-            if rec.get("kind") == MARKER_KIND:
-                fan_out_partition(m.partition).observe(rec)
-                continue
-            for i, key in enumerate(dimension_keys(rec)):
-                # seq = this stage's position, increasing per canonical partition in every
-                # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash.
-                value = orjson.dumps({**rec, "key": key, "seq": [m.partition, m.offset, i]})
-                bundles.add(key.encode(), value)
-        await bundles.send(out)
-        # Markers after the batch's events: downstream never sees progress before the events in it.
-        for p in touched:
-            await fan_out_partition(p).forward(out, topics.engagement_by_key, PARTITIONS)
-        await out.flush()
+        async with fan_out_lock:
+            touched: set[int] = set()
+            for event in events:
+                m = event.message
+                touched.add(m.partition)
+                rec = orjson.loads(event.value)
+                if rec.get("kind") == MARKER_KIND:
+                    fan_out_partition(m.partition).observe(rec)
+                    continue
+                for i, key in enumerate(dimension_keys(rec)):
+                    # seq = this stage's position, increasing per canonical partition in every
+                    # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash.
+                    value = orjson.dumps({**rec, "key": key, "seq": [m.partition, m.offset, i]})
+                    bundles.add(key.encode(), value)
+            await bundles.send(out)
+            # Markers after the batch's events: downstream never sees progress before the events in it.
+            for p in touched:
+                await fan_out_partition(p).forward(out, topics.engagement_by_key, PARTITIONS)
+            await out.flush()
 
 
 @app.timer(interval=MARKER_REPEAT_S)
 async def repeat_fan_out_markers() -> None:
     owned = owned_partitions(app, topics.canonical)()
-    relays = [fan_out_partitions[p] for p in owned if p in fan_out_partitions]
-    await repeat_markers(BatchOutput(app), relays, topics.engagement_by_key, PARTITIONS)
+    async with fan_out_lock:
+        relays = [fan_out_partitions[p] for p in owned if p in fan_out_partitions]
+        await repeat_markers(BatchOutput(app), relays, topics.engagement_by_key, PARTITIONS)
 
 
 # -- aggregate -----------------------------------------------------------------------------------

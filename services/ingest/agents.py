@@ -83,6 +83,9 @@ raw_activity = SourceActivity(
 )
 raw_progress: dict[str, int] = {}  # raw source partition -> max valid event time
 validate_lock = asyncio.Lock()  # a batch and the idle-marker timer must not interleave
+# A join batch and the marker repeats must not interleave either: a batch's events wait in their
+# per-partition batches until its flush, and a repeated "idle" must not overtake them.
+join_lock = asyncio.Lock()
 
 
 @app.agent(raw_topic)
@@ -315,40 +318,42 @@ async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
 async def join(stream: Any) -> None:
     out = BatchOutput(app)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
-        batch = JoinBatch(out)
-        touched: set[int] = set()
-        for event in events:
-            p = event.message.partition
-            part = partition_state(p)
-            touched.add(p)
-            for j, rec in unbundle(event.value):
-                if rec.get("kind") == MARKER_KIND:
-                    part.relay.observe(rec)
-                    continue
-                key = rec["dedup_key"].encode()
-                entry = batch.entry(key, p)
-                if replayed(entry, rec["src"]):
-                    outcomes["replayed"] += 1
-                    continue
-                outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
-                mark_applied(entry, rec["src"])
-                batch.changed(key, entry)
-                part.track(key, entry)
-                await batch.emit(outcome, [p, event.message.offset, j])
-        for p in touched:
-            part = join_partitions[p]
-            wm = part.relay.watermark.recompute()
-            if wm > part.relay.sent_watermark:
-                await sweep(batch, part, p, wm)
-            await part.relay.forward(out, topics.canonical, PARTITIONS)
-        await batch.commit()
+        async with join_lock:
+            batch = JoinBatch(out)
+            touched: set[int] = set()
+            for event in events:
+                p = event.message.partition
+                part = partition_state(p)
+                touched.add(p)
+                for j, rec in unbundle(event.value):
+                    if rec.get("kind") == MARKER_KIND:
+                        part.relay.observe(rec)
+                        continue
+                    key = rec["dedup_key"].encode()
+                    entry = batch.entry(key, p)
+                    if replayed(entry, rec["src"]):
+                        outcomes["replayed"] += 1
+                        continue
+                    outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
+                    mark_applied(entry, rec["src"])
+                    batch.changed(key, entry)
+                    part.track(key, entry)
+                    await batch.emit(outcome, [p, event.message.offset, j])
+            for p in touched:
+                part = join_partitions[p]
+                wm = part.relay.watermark.recompute()
+                if wm > part.relay.sent_watermark:
+                    await sweep(batch, part, p, wm)
+                await part.relay.forward(out, topics.canonical, PARTITIONS)
+            await batch.commit()
 
 
 @app.timer(interval=MARKER_REPEAT_S)
 async def repeat_join_markers() -> None:
     owned = owned_partitions(app, topics.by_event_key)()
-    relays = [join_partitions[p].relay for p in owned if p in join_partitions]
-    await repeat_markers(BatchOutput(app), relays, topics.canonical, PARTITIONS)
+    async with join_lock:
+        relays = [join_partitions[p].relay for p in owned if p in join_partitions]
+        await repeat_markers(BatchOutput(app), relays, topics.canonical, PARTITIONS)
 
 
 @app.page("/stats")
