@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
+from shared.app import key_partition
 from shared.batch_output import BatchOutput
-from shared.kafka_batches import murmur2
 
 # Well under the broker's default message.max.bytes (1 MiB) and the producer's batch size.
 BUNDLE_MAX_BYTES = 256 * 1024
@@ -45,7 +45,7 @@ class Bundler:
         if p is None:
             if len(self._partition_of) >= _KEY_CACHE_MAX:
                 self._partition_of.clear()
-            p = self._partition_of[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+            p = self._partition_of[key] = key_partition(key, self.partitions)
         return p
 
     def add(self, key: bytes, value: bytes) -> None:
