@@ -113,6 +113,12 @@ class MultiSourceWatermark:
             return self.value  # a source we have not heard from yet could hold older events
         now = time.time()
         active = [p.event_time_ms for p in self.sources.values() if not self._idle(p, now)]
-        if active:
-            self.value = max(self.value, min(active))
+        # Every source, idle or not, has sent everything up to its event time, so the minimum over
+        # all of them is always safe; leaving the idle ones out only lets it go further. When all
+        # are idle that minimum is still progress: without it, a clock whose sources had all gone
+        # idle by the time it heard the last of them (a backlog drained in one go) stayed at -inf.
+        # (A source that never had an event, an empty topic, says nothing about event time.)
+        progress = active or [p.event_time_ms for p in self.sources.values() if p.event_time_ms > NEG_INF]
+        if progress:
+            self.value = max(self.value, min(progress))
         return self.value

@@ -84,11 +84,24 @@ def test_idle_sources_are_left_out_and_a_backlogged_one_is_not():
     assert wm.observe("b", 60, of=2) == 100  # b active again, behind: the watermark never goes back
     wm.observe("a", 400, of=2, idle=True)
     wm.observe("b", 300, of=2, idle=True)
-    assert wm.all_idle and wm.value == 100  # nothing active: hold
+    # nothing active: every source has sent all it has, so the minimum of them is safe progress
+    assert wm.all_idle and wm.value == 300
     # an idle marker for a source never seen still counts as heard from
     wm2 = MultiSourceWatermark()
     wm2.observe("a", 100, of=2)
     assert wm2.observe("b", NEG_INF, of=2, idle=True) == 100
+
+
+def test_a_clock_that_hears_its_sources_only_once_they_are_idle_still_moves():
+    # A backlog drained in one go: by the time the last source is heard, all have gone idle. Each
+    # has sent everything up to its event time, so the watermark is their minimum (an empty
+    # topic's source, never at an event time, says nothing). Before, it stayed at -inf for good.
+    wm = MultiSourceWatermark()
+    wm.observe("a", 400, of=3)
+    wm.observe("a", 400, of=3, idle=True)
+    wm.observe("empty:0", NEG_INF, of=3, idle=True)
+    assert wm.value == NEG_INF  # b not heard yet: it could hold anything
+    assert wm.observe("b", 300, of=3, idle=True) == 300
 
 
 def test_not_all_idle_until_every_expected_source_was_heard():
@@ -154,5 +167,5 @@ def test_a_relay_withdraws_an_idle_word_that_went_stale_upstream(monkeypatch):
     asyncio.run(relay.repeat(out, "t", 1))
     clock[0] += 10  # no word from join:0 since
     asyncio.run(relay.repeat(out, "t", 1))
-    # (an idle source alone does not move the watermark)
-    assert out.said == [(NEG_INF, True), (NEG_INF, True), (NEG_INF, False)]
+    # (an idle source's event time is progress too; the withdrawal keeps it)
+    assert out.said == [(5_000, True), (5_000, True), (5_000, False)]
