@@ -44,6 +44,9 @@ ctr_monitor = CtrMonitor(
     PARTITIONS,
 )
 sales_monitor = SalesMonitor(item_states, anomaly_settings.sales_config())
+# engagement-metrics partition -> newest item window_start judged by this worker since it started:
+# only for /anomalies/progress (how far sales detection got), so not worth a changelog.
+items_judged_to: dict[int, int] = {}
 
 
 def decode(event: EventT) -> dict[str, Any] | None:
@@ -108,6 +111,8 @@ async def detect_item_anomalies(stream: Any) -> None:
                 continue
             try:
                 found += sales_monitor.observe(record)
+                p = event.message.partition
+                items_judged_to[p] = max(items_judged_to.get(p, 0), int(record["window_start"]))
             except (KeyError, TypeError, ValueError) as exc:
                 m = event.message
                 log.error("cannot judge %s[%s]@%s: %r", m.topic, m.partition, m.offset, exc)

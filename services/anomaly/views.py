@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from services.anomaly.agents import campaign_states, item_states, partition_progress
+from services.anomaly.agents import campaign_states, item_states, items_judged_to, partition_progress
 from services.anomaly.app import app
 from services.anomaly.monitor import open_incidents
 
@@ -21,9 +21,11 @@ async def open_anomalies(web: Any, request: Any) -> Any:
 @app.page("/anomalies/progress")
 async def progress(web: Any, request: Any) -> Any:
     """Per ctr-metrics partition: the newest window judged ("frontier") and the live windows not yet
-    settled for silence detection (see services/anomaly/silence.py)."""
+    settled for silence detection (see services/anomaly/silence.py); per engagement-metrics
+    partition: the newest item window judged for sales spikes since this worker started."""
     by_partition = {}
     for key, raw in list(partition_progress.items()):
         p = int(key.decode().split(":")[1])  # "\x00anomaly-progress:<partition>:<n>"
         by_partition[p] = orjson.loads(raw)
-    return web.json({"partitions": by_partition, "campaigns": len(campaign_states)})
+    items = {str(p): ws for p, ws in sorted(items_judged_to.items())}
+    return web.json({"partitions": by_partition, "campaigns": len(campaign_states), "items": items})
