@@ -450,7 +450,11 @@ def test_item_sales_spike_is_flagged_and_alerted_once(mesh_factory: Any, slack: 
     deadline = time.monotonic() + 30  # the warehouse may still be writing the last windows
     while (got := in_warehouse()) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert dict(sorted(got.items())) == dict(sorted(expected.items()))
+    late = mesh.query(
+        "SELECT stage, kind, source, toUnixTimestamp64Milli(event_time) - toUnixTimestamp64Milli(watermark) "
+        "FROM fct_late_event FINAL LIMIT 20"
+    )
+    assert dict(sorted(got.items())) == dict(sorted(expected.items())), f"late: {late}\n{mesh.diagnostics()}"
     purchases = sum(got.values())
     print(
         f"\nproduced {len(messages)} clickstream messages in {run.produced_s:.1f}s, judged {judged_s:.1f}s "
