@@ -27,6 +27,7 @@ from services.ingest.join import Outcome, Record, expire, mark_applied, new_entr
 from shared import metrics
 from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
+from shared.bundles import Bundler, unbundle
 from shared.source_idleness import SourceActivity
 from shared.topics import topic_names
 from shared.watermark_relay import RelayedWatermark, repeat_markers
@@ -90,6 +91,7 @@ join_lock = asyncio.Lock()
 @app.agent(raw_topic)
 async def validate(stream: Any) -> None:
     out = BatchOutput(app)
+    by_key = Bundler(topics.by_event_key, PARTITIONS)
     progress = raw_progress
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
         async with validate_lock:
@@ -114,10 +116,9 @@ async def validate(stream: Any) -> None:
                 # join measures a click's wait and an id's TTL from here.
                 rec["at"] = progress[source]
                 touched.add(source)
-                # One message per event (not bundles as engagement's fan-out does): the join's
-                # batches, and so the steps in which ctr hears of progress, would grow with the
-                # bundles, and which far-too-late events count as late would change with them.
-                await out.send(topics.by_event_key, rec["dedup_key"].encode(), orjson.dumps(rec))
+                by_key.add(rec["dedup_key"].encode(), orjson.dumps(rec))
+            # One message per ingest-by-key partition and batch (shared/bundles.py), then markers.
+            await by_key.send(out)
             for source in touched:
                 await out.broadcast_marker(
                     topics.by_event_key, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
@@ -323,21 +324,21 @@ async def join(stream: Any) -> None:
             for event in events:
                 p = event.message.partition
                 part = partition_state(p)
-                rec = orjson.loads(event.value)
                 touched.add(p)
-                if rec.get("kind") == MARKER_KIND:
-                    part.relay.observe(rec)
-                    continue
-                key = event.key
-                entry = batch.entry(key, p)
-                if replayed(entry, rec["src"]):
-                    outcomes["replayed"] += 1
-                    continue
-                outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
-                mark_applied(entry, rec["src"])
-                batch.changed(key, entry)
-                part.track(key, entry)
-                await batch.emit(outcome, [p, event.message.offset])
+                for j, rec in unbundle(event.value):
+                    if rec.get("kind") == MARKER_KIND:
+                        part.relay.observe(rec)
+                        continue
+                    key = rec["dedup_key"].encode()
+                    entry = batch.entry(key, p)
+                    if replayed(entry, rec["src"]):
+                        outcomes["replayed"] += 1
+                        continue
+                    outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
+                    mark_applied(entry, rec["src"])
+                    batch.changed(key, entry)
+                    part.track(key, entry)
+                    await batch.emit(outcome, [p, event.message.offset, j])
             for p in touched:
                 part = join_partitions[p]
                 wm = part.relay.watermark.recompute()
