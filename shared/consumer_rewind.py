@@ -11,6 +11,11 @@ Here the records are not dropped silently: the partition is sought back to the f
 dropped, so they are fetched again once it is active; and a jump in offsets (records fetched
 around a seek that never reached a stream) makes the drain loop read them again instead of
 counting them as done (see `drain_messages`).
+
+Also: while a rebalance is under way, records of stream partitions are not handed on either (same
+seek back): faust makes them active and seeks them to their committed offsets a moment before its
+last flow resume, which empties the stream queues; what was handed on in between was lost (see
+`getmany`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,21 @@ log = logging.getLogger(__name__)
 
 
 async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+    """faust's `Consumer.getmany`, changed where records are not handed on (see the module's
+    docstring): records of partitions not active yet are fetched again later, not dropped; and
+    records of stream partitions wait (are fetched again) until the rebalance is over.
+
+    That wait closes a window at the end of every rebalance: faust's table recovery resumes the
+    stream partitions, seeks them to their committed offsets and only then resumes the flow, which
+    empties the stream queues (`FlowControlEvent.resume`, meant for records of the previous
+    generation). Records fetched and handed on in between were emptied out after the seek, so
+    nothing fetched them again; and as the seek had set their read offset to the committed offset
+    C (the next one to read, where `drain_messages` takes it for the last one read), the jump to the
+    next record fetched read them again from C + 1 only. The record at C was never processed, and
+    faust's commit went over it (its hole check lets a first acknowledged offset of C + 1 pass):
+    exactly one canonical event missing from a CTR window after a worker joined or left.
+    `app.rebalancing` is set when the partitions are revoked and cleared after that last resume;
+    changelog partitions are not held (table recovery reads them meanwhile)."""
     records, active_partitions = await self._wait_next_records(timeout)
     generation_id = self.app.consumer_generation_id
     if records is None or self.should_stop:
@@ -37,12 +57,17 @@ async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
             log.warning("seek to committed offsets failed while the flow is off: %r", exc)
         return
     dropped: dict[Any, int] = {}  # partition -> first offset not handed on
+    held: set[Any] = set()  # of those, stream partitions held back while a rebalance is under way
     for tp, record in self.scheduler.iterate(records):
         if tp in dropped:
             continue
         if not self.flow_active or self.app.consumer_generation_id != generation_id:
             break  # a rebalance: faust seeks every partition back to its committed offset
         if active_partitions is None or tp in active_partitions or tp in self._buffered_partitions:
+            if self.app.rebalancing and not self._is_changelog_tp(tp):
+                dropped[tp] = record.offset
+                held.add(tp)
+                continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             yield tp, self._to_message(tp, record)
         else:
@@ -50,7 +75,15 @@ async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
     assigned = self.assignment()
     for tp, offset in dropped.items():
         if tp in assigned:
-            log.info("%s:%s not active yet: fetch again from offset %s", tp.topic, tp.partition, offset)
+            why = "the rebalance is not over" if tp in held else "not active yet"
+            log.log(
+                logging.DEBUG if tp in held else logging.INFO,
+                "%s:%s %s: fetch again from offset %s",
+                tp.topic,
+                tp.partition,
+                why,
+                offset,
+            )
             await self.seek(tp, offset)
 
 
