@@ -52,6 +52,12 @@ clickhouse_insert_failures = PromCounter(
 slack_attempts = PromCounter(
     "mesh_slack_delivery_attempts_total", "Slack delivery attempts by outcome", ["status"], registry=registry
 )
+alert_in_process_seconds = Histogram(
+    "mesh_alert_in_process_seconds",
+    "alerting: anomaly taken in -> Slack answered OK (with any retries, a restart's wait included)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300),
+    registry=registry,
+)
 consumer_lag = Gauge(
     "mesh_consumer_lag_messages",
     "End offset minus position, per assigned partition",

@@ -346,6 +346,17 @@ async def test_rate_limit_honours_retry_after_then_delivers_once(fake: FakeSlack
     assert [r["attempt"] for r in bot.records] == [1, 2]
     # A 429 is a definite "not posted": no history lookup was needed.
     assert fake.calls("conversations.history") == []
+    # What our process added, taken in -> Slack's OK, includes the Retry-After wait.
+    (in_process,) = bot.deliverer.in_process_ms
+    assert 950 <= in_process < 5000
+
+
+def test_in_process_summary_uses_nearest_rank() -> None:
+    from services.alerting.views import in_process_summary
+
+    assert in_process_summary([]) == {"count": 0}
+    values = list(range(1, 101))  # 1..100 ms
+    assert in_process_summary(values) == {"count": 100, "p50": 50, "p99": 99, "max": 100}
 
 
 async def test_server_errors_are_retried_then_delivered_once(fake: FakeSlack, bot: Harness) -> None:
@@ -375,10 +386,16 @@ async def test_hang_times_out_and_is_retried(fake: FakeSlack, bot: Harness) -> N
 
 async def test_timed_out_post_that_slack_accepted_is_not_posted_again(fake: FakeSlack) -> None:
     harness = make_harness(
-        make_settings(slack_bot_token=TEST_TOKEN, slack_base_url=fake.base_url, alert_retry_base_seconds=1.0)
+        make_settings(
+            slack_bot_token=TEST_TOKEN,
+            slack_base_url=fake.base_url,
+            alert_retry_base_seconds=1.0,
+            alert_retry_max_seconds=1.0,  # (the default here caps any backoff at 0.2 s)
+        )
     )
-    # Slack takes the message at 0.5 s, after our 0.3 s timeout; the retry comes 1 s after the first
-    # attempt began (with a 0.5 s backoff, retry and Slack's processing raced: 2 posts on a busy box).
+    # Slack takes the message at 0.5 s, after our 0.3 s timeout; the retry comes 1 s after the
+    # timeout (with the backoff capped at 0.2 s, the retry's history lookup and Slack's processing
+    # both fell at 0.5 s and raced: 2 posts on a busy box).
     fake.hang_next(1, 0.5, then_process=True, apis={"chat.postMessage"})
     harness.deliverer.intake(anomaly("a1"))
     assert await harness.deliverer.drain(5)

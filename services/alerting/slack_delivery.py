@@ -29,6 +29,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -49,6 +50,7 @@ from services.alerting.records import (
 from services.alerting.settings import AlertingSettings
 from services.alerting.slack_messages import SlackMessage, alert_message, repeat_message, resolved_message
 from services.alerting.slack_transport import CallResult, SlackTransport
+from shared import metrics
 from shared.redaction import Redactor
 
 log = logging.getLogger(__name__)
@@ -293,6 +295,8 @@ class AlertDeliverer:
         self._channel_id: str | None = None
         self._last_cleanup_ms = 0
         self._unreadable: set[str] = set()
+        # Taken in -> Slack answered OK, of the latest deliveries (ms): what our own process adds.
+        self.in_process_ms: deque[int] = deque(maxlen=1000)
 
     # --- table access ---
 
@@ -606,6 +610,9 @@ class AlertDeliverer:
             last_http_status=http_status,
         )
         self._save(final)
+        if status in ("sent", "updated", "folded"):
+            self.in_process_ms.append(now - delivery.created_ms)
+            metrics.alert_in_process_seconds.observe((now - delivery.created_ms) / 1000)
         if status != "logged":  # logged ones were just logged in full
             log.info(
                 "alert %s: %s (ts %s)%s",

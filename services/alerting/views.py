@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from services.alerting.agents import deliverer, tables_ready
@@ -24,5 +25,18 @@ async def delivery_status(web: Any, request: Any) -> Any:
             "tables_ready": tables_ready(),
             "pending": len(pending),
             "oldest_pending_ms": pending[0]["created_ms"] if pending else None,
+            "in_process_ms": in_process_summary(list(deliverer.in_process_ms)),
         }
     )
+
+
+def in_process_summary(values: list[int]) -> dict[str, Any]:
+    """Anomaly taken in -> Slack answered OK over the latest deliveries (nearest-rank percentiles)."""
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+
+    def rank(q: float) -> int:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    return {"count": len(ordered), "p50": rank(0.5), "p99": rank(0.99), "max": ordered[-1]}
