@@ -501,7 +501,14 @@ async def anomaly_latency(run: MeshRun, slack: Any, delay_ms: int) -> dict:
                 }
             )
     lat = [s["slack_ms"] for s in samples]
+    # What alerting itself adds (anomaly taken in -> Slack's OK), as alerting measured it.
+    in_process: dict | None = None
+    with contextlib.suppress(Exception):  # an older alerting has no such figure
+        status, body = await asyncio.to_thread(run.mesh.services["alerting"].get_json, "/alerts/status")
+        if status == 200:
+            in_process = body.get("in_process_ms")
     return {
+        "in_process_ms": in_process,
         "measured": bool(samples),
         "why": None if samples else "no anomaly reached the fake Slack",
         "anomalies": len(rows),
@@ -991,6 +998,12 @@ def summary_markdown(r: dict) -> str:
                 f"| anomaly -> Slack (fake): first post per anomaly ({len(an['samples'])} anomalies) "
                 f"| {v['p50']} | {v['p95']} | {v['p99']} |"
             )
+            ip = an.get("in_process_ms") or {}
+            if ip.get("count"):
+                lines.append(
+                    f"| of which inside alerting: taken in -> Slack's OK ({ip['count']} deliveries, max "
+                    f"{ip['max']}) | {ip['p50']} | | {ip['p99']} |"
+                )
         else:
             lines.append(f"| anomaly -> Slack | not measured: {an.get('why')} | | |")
         lines += [
