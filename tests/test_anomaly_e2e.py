@@ -49,6 +49,12 @@ SEED, CAMPAIGNS, RATE, CLICK_RATIO = 29, 4, 130.0, 0.3
 # end would look like a traffic drop of every campaign.
 N_WINDOWS = 14
 TAIL_MS = 25_000
+# The stream's last window holds 5 s of impressions but 10 s of clicks (counted when they happen):
+# true figures that look like a CTR anomaly. It usually never closes (above), but it can: once
+# the impression partitions have gone idle while the clicks that trail the stream (up to 60 s) are
+# still being read, the watermark follows the clicks (idle sources are left out of it). So no flag
+# is judged in it.
+PARTIAL_WINDOW = N_WINDOWS + TAIL_MS // WINDOW_MS
 MESH_SETTINGS = {
     "WINDOW_SIZE_MS": WINDOW_MS,
     "WATERMARK_DELAY_MS": 3_000,
@@ -290,7 +296,7 @@ def check_flags(run: Run, found: list[dict[str, Any]]) -> None:
     """Flagged windows against the injected truth (see the module docstring)."""
     flagged: dict[str, dict[int, str]] = {}
     for a in found:
-        if a["kind"] != "resolved":
+        if a["kind"] != "resolved" and window_index(run, a["window_start"]) < PARTIAL_WINDOW:
             flagged.setdefault(a["key"], {})[window_index(run, a["window_start"])] = a["kind"]
     injected = {inj.target: inj for inj in run.spec.injections}
     for key, windows in flagged.items():
