@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from services.generator.spec import GeneratedMessage, Injection, TrafficSpec
 from services.generator.traffic import TrafficGenerator
 from shared.app import key_partition
 from shared.settings import Settings
-from tests.engagement_oracle import parse
+from tests.engagement_oracle import Event, parse
 from tests.fake_slack import CHANNEL_ID, TEST_TOKEN, FakeSlack
 from tests.mesh_harness import Mesh, wait_for
 from tests.oracle import Sent
@@ -134,9 +134,24 @@ def make_mesh(mesh_factory: Any, slack: SlackServer, **overrides: Any) -> Mesh:
     return mesh_factory(**{**MESH_SETTINGS, "SLACK_BASE_URL": slack.fake.base_url, **overrides})
 
 
-def traffic(injections: list[tuple[str, str, int, int, float]]) -> tuple[int, TrafficSpec]:
+InjectionSpan = tuple[str, str, int, int, float]  # (kind, target, first window, end window, factor)
+
+
+def window_zero() -> int:
+    """Start of window 0: ten minutes ago, on a window boundary."""
+    return (int(time.time() * 1000) - 600_000) // WINDOW_MS * WINDOW_MS
+
+
+def injections_at(t0: int, injections: list[InjectionSpan]) -> tuple[Injection, ...]:
+    return tuple(
+        Injection(kind, target, t0 + a * WINDOW_MS, t0 + b * WINDOW_MS, factor)  # type: ignore[arg-type]
+        for kind, target, a, b, factor in injections
+    )
+
+
+def traffic(injections: list[InjectionSpan]) -> tuple[int, TrafficSpec]:
     """The spec; injections as (kind, campaign, first window, end window, factor)."""
-    t0 = (int(time.time() * 1000) - 600_000) // WINDOW_MS * WINDOW_MS
+    t0 = window_zero()
     duration_ms = 5_000 + N_WINDOWS * WINDOW_MS + TAIL_MS
     spec = TrafficSpec(
         n_events=int(RATE * duration_ms / 1000),
@@ -145,21 +160,19 @@ def traffic(injections: list[tuple[str, str, int, int, float]]) -> tuple[int, Tr
         rate=RATE,
         click_ratio=CLICK_RATIO,
         campaigns=CAMPAIGNS,
-        injections=tuple(
-            Injection(kind, target, t0 + a * WINDOW_MS, t0 + b * WINDOW_MS, factor)  # type: ignore[arg-type]
-            for kind, target, a, b, factor in injections
-        ),
+        injections=injections_at(t0, injections),
     )
     return t0, spec
 
 
 def item_traffic(
-    injections: list[tuple[str, str, int, int, float]],
-) -> tuple[int, TrafficSpec, list[GeneratedMessage]]:
-    """Clickstream traffic for the sales detector (see ITEMS): the spec and the messages to send,
-    those with an event time from window -1 on. Clickstream events stand alone (no join), so
-    leaving out the burn-in's events changes nothing about the ones kept."""
-    t0 = (int(time.time() * 1000) - 600_000) // WINDOW_MS * WINDOW_MS
+    injections: list[InjectionSpan],
+) -> tuple[int, TrafficSpec, list[GeneratedMessage], list[Event]]:
+    """Clickstream traffic for the sales detector (see ITEMS): the spec, the messages to send
+    (those with an event time from window -1 on) and their events as the oracle's parser reads
+    them. Clickstream events stand alone (no join), so leaving out the burn-in's events changes
+    nothing about the ones kept."""
+    t0 = window_zero()
     first_ms = t0 - WINDOW_MS
     duration_ms = ITEM_BURN_IN_MS + WINDOW_MS + N_WINDOWS * WINDOW_MS + TAIL_MS
     spec = TrafficSpec(
@@ -169,19 +182,18 @@ def item_traffic(
         rate=RATE,
         items=ITEMS,
         formats=("clickstream",),
-        injections=tuple(
-            Injection(kind, target, t0 + a * WINDOW_MS, t0 + b * WINDOW_MS, factor)  # type: ignore[arg-type]
-            for kind, target, a, b, factor in injections
-        ),
+        injections=injections_at(t0, injections),
     )
     now_ms = int(time.time() * 1000)
-    kept = []
+    kept: list[GeneratedMessage] = []
+    events: list[Event] = []
     for m in TrafficGenerator(spec):
         event = parse(Sent(m.topic_kind, m.value, ""), now_ms)
         assert event is not None, m  # clean traffic
         if event.ts >= first_ms:
             kept.append(m)
-    return t0, spec, kept
+            events.append(event)
+    return t0, spec, kept, events
 
 
 def run_mesh(
@@ -197,7 +209,8 @@ def run_mesh(
     how the producer interleaves its batches)."""
     settings = Settings(kafka_bootstrap_servers=mesh.bootstrap, topic_prefix=mesh.prefix)
     started = time.monotonic()
-    asyncio.run(produce_all(settings, messages or TrafficGenerator(spec), spec.formats))
+    sent = messages if messages is not None else TrafficGenerator(spec)
+    asyncio.run(produce_all(settings, sent, spec.formats))
     produced_s = time.monotonic() - started
     mesh.start(*services)
     return Run(mesh, t0, spec, produced_s)
@@ -222,33 +235,40 @@ def expected_clicks_per_window(spec: TrafficSpec) -> dict[str, float]:
     }
 
 
-def wait_until_judged(run: Run, timeout: float = 180) -> float:
-    """Until the anomaly service has judged window N-1 in every partition that has campaigns."""
+def wait_judged(
+    run: Run, partitions: set[int], frontiers: Callable[[Any], dict[int, int]], what: str
+) -> float:
+    """Until /anomalies/progress shows window N-1 judged in each of `partitions`; seconds waited."""
     last = run.t0 + (N_WINDOWS - 1) * WINDOW_MS
     anomaly = run.mesh.services["anomaly"]
 
     def judged() -> bool:
         status, body = anomaly.get_json("/anomalies/progress")
-        frontiers = {int(p): v["frontier"] or 0 for p, v in body["partitions"].items()}
-        return status == 200 and all(frontiers.get(p, 0) >= last for p in campaigns_by_partition())
+        return status == 200 and all(frontiers(body).get(p, 0) >= last for p in partitions)
 
     started = time.monotonic()
-    wait_for(judged, timeout, f"the anomaly service to judge window {N_WINDOWS - 1}")
+    run.mesh.wait_for(judged, 180, f"the anomaly service to judge {what} window {N_WINDOWS - 1}")
     return time.monotonic() - started
 
 
-def wait_until_items_judged(run: Run, timeout: float = 180) -> float:
-    """Until the anomaly service has judged window N-1 of every item (in each item's partition)."""
-    last = run.t0 + (N_WINDOWS - 1) * WINDOW_MS
-    partitions = {key_partition(f"item-{i:06d}".encode(), PARTITIONS) for i in range(ITEMS)}
+def wait_until_judged(run: Run) -> float:
+    """Every partition that has campaigns."""
+    return wait_judged(
+        run,
+        set(campaigns_by_partition()),
+        lambda body: {int(p): v["frontier"] or 0 for p, v in body["partitions"].items()},
+        "campaign",
+    )
 
-    def judged() -> bool:
-        status, body = run.mesh.services["anomaly"].get_json("/anomalies/progress")
-        return status == 200 and all(body["items"].get(str(p), 0) >= last for p in partitions)
 
-    started = time.monotonic()
-    run.mesh.wait_for(judged, timeout, f"the anomaly service to judge item window {N_WINDOWS - 1}")
-    return time.monotonic() - started
+def wait_until_items_judged(run: Run) -> float:
+    """Every item's partition (of engagement-metrics)."""
+    return wait_judged(
+        run,
+        {key_partition(f"item-{i:06d}".encode(), PARTITIONS) for i in range(ITEMS)},
+        lambda body: {int(p): ws for p, ws in body["items"].items()},
+        "item",
+    )
 
 
 def anomalies(mesh: Mesh) -> list[dict[str, Any]]:
@@ -431,7 +451,7 @@ def test_item_sales_spike_is_flagged_and_alerted_once(mesh_factory: Any, slack: 
     """ingest -> engagement (item windows) -> anomaly -> alerting: a x3 sales spike of the best
     seller in windows 7-9 is flagged in exactly those windows, and no other item is flagged."""
     mesh = make_mesh(mesh_factory, slack)
-    t0, spec, messages = item_traffic([("sales_spike", "item-000000", 7, 10, 3.0)])
+    t0, spec, messages, events = item_traffic([("sales_spike", "item-000000", 7, 10, 3.0)])
     run = run_mesh(mesh, t0, spec, messages, ITEM_SERVICES)
     judged_s = wait_until_items_judged(run)
     found = wait_delivered(mesh)
@@ -441,9 +461,7 @@ def test_item_sales_spike_is_flagged_and_alerted_once(mesh_factory: Any, slack: 
     assert {a["kind"] for a in found} == {"sales_spike", "resolved"}, found
     # The detector judged the real figures: purchases per judged window, from the sent messages.
     end_ms = t0 + N_WINDOWS * WINDOW_MS
-    now_ms = int(time.time() * 1000)
-    events = [parse(Sent(m.topic_kind, m.value, ""), now_ms) for m in messages]
-    sold = {(e.dedup, e.ts) for e in events if e is not None and e.kind == "purchase" and e.ts < end_ms}
+    sold = {(e.dedup, e.ts) for e in events if e.kind == "purchase" and e.ts < end_ms}
     expected = Counter(window_index(run, ts - ts % WINDOW_MS) for _, ts in sold)
 
     def in_warehouse() -> dict[int, int]:
