@@ -30,8 +30,14 @@ log = logging.getLogger(__name__)
 consumer_rewind.install()
 
 
-async def ensure_topics(settings: Settings, names: list[str]) -> None:
-    """Create the project's topics with explicit partition counts (the broker never auto-creates)."""
+async def ensure_topics(settings: Settings, names: list[str], visible_within_s: float = 60.0) -> None:
+    """Create the project's topics with explicit partition counts (the broker never auto-creates),
+    then wait until the broker's metadata lists each of them with its partitions.
+
+    Why wait: a consumer that asks for metadata before a new topic shows up there joins its group
+    with the topic "missing", gets no partitions of it, and looks again only when its metadata
+    expires. On a loaded machine the controller took > 2 s to publish new topics, and a test's
+    ingest sat idle with nothing assigned for its whole 3-minute wait."""
     admin = AIOKafkaAdminClient(**aiokafka_kwargs(settings))
     await admin.start()
     try:
@@ -46,8 +52,25 @@ async def ensure_topics(settings: Settings, names: list[str]) -> None:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
             log.info("created topics: %s", ", ".join(t.name for t in missing))
+            await _wait_until_listed(admin, [t.name for t in missing], visible_within_s)
     finally:
         await admin.close()
+
+
+async def _wait_until_listed(admin: AIOKafkaAdminClient, names: list[str], within_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        described = await admin.describe_topics(names)
+        pending = sorted(t["topic"] for t in described if t["error_code"] != 0 or not t["partitions"])
+        if not pending:
+            return
+        if loop.time() > deadline:
+            # Not fatal: the consumers' metadata refresh (consumer_metadata_max_age_ms) finds
+            # them later and rebalances.
+            log.warning("topics not yet in the broker's metadata after %.0f s: %s", within_s, pending)
+            return
+        await asyncio.sleep(0.2)
 
 
 def raw_schema() -> faust.Schema:
@@ -194,6 +217,9 @@ def make_app(
         # A worker killed with -9 leaves the group after this long: its replacement waits no longer.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
+        # A topic created after the consumer subscribed (faust creates changelog topics itself) is
+        # assigned only once the consumer's metadata is refreshed: every 30 s, not 5 min.
+        consumer_metadata_max_age_ms=30_000,
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=16_384,
