@@ -30,6 +30,8 @@ class SourceActivity:
         self.next_offset: dict[TP, int] = {}  # offset after the last processed message
         self.active_at: dict[TP, float] = {}
         self.started_at = time.monotonic()
+        # Set by the stage on each assignment: its first batch checks before it goes on.
+        self.unchecked = False
 
     def processed(self, tp: TP, offset: int) -> None:
         self.next_offset[tp] = offset + 1

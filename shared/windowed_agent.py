@@ -42,6 +42,8 @@ class PartitionClock:
     keys: set[bytes] = field(default_factory=set)  # keys that hold windows
     # keys with no window left, kept (with their replay marks) until the watermark moved on
     retired: dict[bytes, int] = field(default_factory=dict)
+    # events counted while the watermark was still unknown (-inf): nothing can be judged late then
+    counted_before_watermark: int = 0
 
 
 WATERMARK_KEY_PREFIX = b"\x00watermark:"  # cannot start a real key: they are ids and names
@@ -149,6 +151,7 @@ class WindowedAggregation:
                 "watermark": self.watermark(c),
                 "floor": c.floor,
                 "closed_to": c.closed_to,
+                "counted_before_watermark": c.counted_before_watermark,
                 "keys_with_open_windows": len(c.keys),
                 "all_sources_idle": c.progress.all_idle,
                 # what the idle flush also needs: no input for its timeout, and the partition owned
@@ -195,6 +198,8 @@ class WindowedAggregation:
             if add(state, self.spec, rec["ts"], wm, fn) is Placement.LATE:
                 result.late.append((rec, self.spec.start(rec["ts"]), wm))
                 continue
+            if wm <= NEG_INF:
+                c.counted_before_watermark += 1
             mark_applied(state, seq)
             result.counted += 1
             touched.setdefault(p, set()).add(key)

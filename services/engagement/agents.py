@@ -92,7 +92,13 @@ async def fan_out(stream: Any) -> None:
                 touched.add(m.partition)
                 rec = orjson.loads(event.value)
                 if rec.get("kind") == MARKER_KIND:
-                    fan_out_partition(m.partition).observe(rec)
+                    relay = fan_out_partition(m.partition)
+                    relay.observe(rec)
+                    if relay.watermark.recompute() > relay.sent_watermark:
+                        # Progress goes on at once, after the events before it (bundles cut
+                        # here): what `aggregate` judges late must not depend on batch sizes.
+                        await bundles.send(out)
+                        await relay.forward(out, topics.engagement_by_key, PARTITIONS)
                     continue
                 for i, key in enumerate(dimension_keys(rec)):
                     # seq = this stage's position, increasing per canonical partition in every

@@ -95,6 +95,13 @@ async def validate(stream: Any) -> None:
     progress = raw_progress
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
         async with validate_lock:
+            if raw_activity.unchecked:
+                # First batch since an assignment: say which partitions are empty before any event
+                # goes on, not at the timer's next tick. Until the join has heard every source
+                # its watermark is unknown, and ctr counts all it gets, however late: a backlog
+                # drained on a loaded machine went 80% through before the tick's markers did.
+                raw_activity.unchecked = False
+                await send_idle_markers(out, [tp for tp, _ in await raw_activity.idle_partitions()])
             touched: set[str] = set()
             for event in events:
                 m = event.message
@@ -140,13 +147,17 @@ async def mark_idle_sources() -> None:
         return
     out = BatchOutput(app)
     async with validate_lock:
-        for tp in raw_activity.still_idle(candidates):
-            source = f"{tp.topic}:{tp.partition}"
-            progress = raw_progress.get(source, NEG_INF)
-            await out.broadcast_marker(
-                topics.by_event_key, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS, idle=True
-            )
-        await out.flush()
+        await send_idle_markers(out, raw_activity.still_idle(candidates))
+
+
+async def send_idle_markers(out: BatchOutput, idle: list[Any]) -> None:
+    for tp in idle:
+        source = f"{tp.topic}:{tp.partition}"
+        progress = raw_progress.get(source, NEG_INF)
+        await out.broadcast_marker(
+            topics.by_event_key, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS, idle=True
+        )
+    await out.flush()
 
 
 class ExpiryIndex:
@@ -294,7 +305,9 @@ async def reindex_after_assignment(app: Any, assigned: Any, **kwargs: Any) -> No
 async def claim_raw_partitions(assigned: Any) -> None:
     """Before reading raw partitions it has just been given, say that they are active: an idle
     claim by their previous reader (that died, or left) may still look fresh downstream while
-    input has arrived behind it. Idle ones are marked idle again by the next timer tick."""
+    input has arrived behind it. Idle ones are marked idle again before the first batch's events
+    go on (or at the timer's next tick)."""
+    raw_activity.unchecked = True
     raw = set(topics.raw_sources())
     out = BatchOutput(app)
     async with validate_lock:
@@ -314,6 +327,14 @@ async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
     join_partitions.clear()
 
 
+async def advance(batch: JoinBatch, part: JoinPartition, p: int) -> None:
+    """If the partition's watermark moved: expire what it passed, then tell ctr and engagement."""
+    wm = part.relay.watermark.recompute()
+    if wm > part.relay.sent_watermark:
+        await sweep(batch, part, p, wm)
+        await part.relay.forward(batch.out, topics.canonical, PARTITIONS)
+
+
 @app.agent(by_key_topic)
 async def join(stream: Any) -> None:
     out = BatchOutput(app)
@@ -328,6 +349,10 @@ async def join(stream: Any) -> None:
                 for j, rec in unbundle(event.value):
                     if rec.get("kind") == MARKER_KIND:
                         part.relay.observe(rec)
+                        # Progress goes on at once, in order with the events around it: what
+                        # ctr may judge late must not depend on how many bundles a batch took
+                        # (a first batch holding a whole backlog left ctr blind all through it).
+                        await advance(batch, part, p)
                         continue
                     key = rec["dedup_key"].encode()
                     entry = batch.entry(key, p)
@@ -341,10 +366,8 @@ async def join(stream: Any) -> None:
                     await batch.emit(outcome, [p, event.message.offset, j])
             for p in touched:
                 part = join_partitions[p]
-                wm = part.relay.watermark.recompute()
-                if wm > part.relay.sent_watermark:
-                    await sweep(batch, part, p, wm)
-                await part.relay.forward(out, topics.canonical, PARTITIONS)
+                await advance(batch, part, p)
+                await part.relay.forward(out, topics.canonical, PARTITIONS)  # idleness, first word
             await batch.commit()
 
 
