@@ -4,8 +4,8 @@ outside: consumer-group lag per stage, ingest /stats, what ClickHouse holds, CPU
 Stages and how their progress is read (sampled every `interval` s):
   ingest.validate  committed offsets of the raw topics (= events; exact)
   ingest.join      ingest /stats outcomes (counted + duplicate + orphan + replayed; exact)
-  ctr              committed offsets of canonical-events, minus the share of watermark markers
-                   (known at the end: canonical messages - events), so an estimate
+  ctr              committed offsets of canonical-events (bundles and markers), scaled by events
+                   per message (known at the end), so an estimate
   warehouse        committed offsets of its input topics (result rows, not events) -> lag only
   clickhouse       sum(impressions + clicks) FINAL + dead + late + discarded (exact; the same
                    accounting as tests/ctr_checks.accounted)
@@ -71,7 +71,7 @@ class Sample:
     t: float
     validate: int  # raw events committed by ingest
     joined: int  # events through the join (ingest /stats)
-    canonical_committed: int  # canonical-events messages committed by ctr (events + markers)
+    canonical_committed: int  # canonical-events messages committed by ctr (bundles + markers)
     lag: dict[str, int]  # stage -> messages behind
     committed: dict[str, int]  # stage -> input messages committed
     accounted: int | None  # events visible in ClickHouse (polled less often)

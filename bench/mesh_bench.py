@@ -263,8 +263,9 @@ def analyse_backlog(
     run: MeshRun, events: int, canonical_total: int, done_at: float | None, drained_at: float | None = None
 ) -> dict:
     smp = run.samples
-    marker_share = 1 - events / canonical_total if canonical_total else 0.0
-    est = lambda s: s.committed["ctr"] * (1 - marker_share)  # noqa: E731
+    # canonical-events holds bundles and markers: its offsets count messages, not events
+    per_message = events / canonical_total if canonical_total else 1.0
+    est = lambda s: s.committed["ctr"] * per_message  # noqa: E731
     stage_rates = {
         "ingest.validate": sustained_rate(smp, lambda s: s.validate, events),
         "ingest.join": sustained_rate(smp, lambda s: s.joined, events),
@@ -272,7 +273,7 @@ def analyse_backlog(
         "clickhouse (accounted)": sustained_rate(smp, lambda s: s.accounted, events),
     }
     if "engagement.fan_out" in smp[-1].committed:
-        est_e = lambda s: s.committed["engagement.fan_out"] * (1 - marker_share)  # noqa: E731
+        est_e = lambda s: s.committed["engagement.fan_out"] * per_message  # noqa: E731
         stage_rates["engagement.fan_out (estimated)"] = sustained_rate(smp, est_e, events)
     t_first = time_to(smp, lambda s: s.validate, 1)
     end = done_at or smp[-1].t
@@ -288,7 +289,7 @@ def analyse_backlog(
         "seconds_first_event_to_all_accounted": round(end - t_first, 1) if t_first else None,
         "end_to_end_events_per_s": round(e2e) if e2e else None,
         "sustained_events_per_s": {k: round(v) if v else None for k, v in stage_rates.items()},
-        "watermark_marker_share_of_canonical": round(marker_share, 3),
+        "canonical_events_per_message": round(per_message, 1),
         "processes": cpu,
         "cpu_s_total": round(total_cpu, 1),
         "cpu_us_per_event": round(1e6 * total_cpu / accounted, 1) if accounted else None,

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from shared.settings import Settings, get_settings
+
+
+def canonical_key(rec: dict[str, Any]) -> bytes:
+    """A canonical event's key: its campaign for ctr; clickstream events have none and go by user.
+    ctr's per-campaign state lives in the partition this key gives."""
+    return (rec.get("campaign_id") or rec["user_id"]).encode()
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,8 @@ class TopicNames:
 
     @property
     def canonical(self) -> str:
-        """Deduplicated, joined, normalized events keyed by campaign_id, plus watermark markers."""
+        """Deduplicated, joined, normalized events in bundles (shared/bundles.py), each in the
+        partition of its `canonical_key`, plus watermark markers."""
         return self._t("canonical-events")
 
     @property

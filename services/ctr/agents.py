@@ -13,7 +13,9 @@ from services.ctr.metrics import contribution, ctr_result, shift_latest
 from shared import metrics as mesh_metrics
 from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
-from shared.topics import topic_names
+from shared.bundles import unbundle
+from shared.topics import canonical_key, topic_names
+from shared.watermarks import MARKER_KIND
 from shared.windowed_agent import BatchResult, WindowedAggregation
 from shared.windows import WindowSpec, sum_into
 
@@ -88,7 +90,11 @@ async def count_windows(stream: Any) -> None:
     out = BatchOutput(app)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
         async with windows.lock:
-            decoded = [(e.message.partition, e.key, orjson.loads(e.value)) for e in events]
+            decoded = [
+                (e.message.partition, b"" if rec.get("kind") == MARKER_KIND else canonical_key(rec), rec)
+                for e in events
+                for _, rec in unbundle(e.value)
+            ]
             # Results must be on the broker before faust acks (and later commits) this batch.
             await publish(out, windows.process(decoded, contribute))
 

@@ -90,21 +90,22 @@ async def fan_out(stream: Any) -> None:
             for event in events:
                 m = event.message
                 touched.add(m.partition)
-                rec = orjson.loads(event.value)
-                if rec.get("kind") == MARKER_KIND:
-                    relay = fan_out_partition(m.partition)
-                    relay.observe(rec)
-                    if relay.watermark.recompute() > relay.sent_watermark:
-                        # Progress goes on at once, after the events before it (bundles cut
-                        # here): what `aggregate` judges late must not depend on batch sizes.
-                        await bundles.send(out)
-                        await relay.forward(out, topics.engagement_by_key, PARTITIONS)
-                    continue
-                for i, key in enumerate(dimension_keys(rec)):
-                    # seq = this stage's position, increasing per canonical partition in every
-                    # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash.
-                    value = orjson.dumps({**rec, "key": key, "seq": [m.partition, m.offset, i]})
-                    bundles.add(key.encode(), value)
+                for j, rec in unbundle(event.value):
+                    if rec.get("kind") == MARKER_KIND:
+                        relay = fan_out_partition(m.partition)
+                        relay.observe(rec)
+                        if relay.watermark.recompute() > relay.sent_watermark:
+                            # Progress goes on at once, after the events before it (bundles cut
+                            # here): what `aggregate` judges late must not depend on batch sizes.
+                            await bundles.send(out)
+                            await relay.forward(out, topics.engagement_by_key, PARTITIONS)
+                        continue
+                    for i, key in enumerate(dimension_keys(rec)):
+                        # seq = this stage's position, increasing per canonical partition in
+                        # every engagement-by-key partition: `aggregate` skips a copy re-sent
+                        # after a crash (offset, place in the bundle, dimension).
+                        seq = [m.partition, m.offset, j, i]
+                        bundles.add(key.encode(), orjson.dumps({**rec, "key": key, "seq": seq}))
             await bundles.send(out)
             # Markers after the batch's events: downstream never sees progress before the events in it.
             for p in touched:

@@ -29,7 +29,7 @@ from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.bundles import Bundler, unbundle
 from shared.source_idleness import SourceActivity
-from shared.topics import topic_names
+from shared.topics import canonical_key, topic_names
 from shared.watermark_relay import RelayedWatermark, repeat_markers
 from shared.watermarks import MARKER_KIND, MARKER_REPEAT_S, NEG_INF
 
@@ -236,8 +236,9 @@ class JoinBatch:
     """One batch's view of the join state: entries are read once, changed in memory, and written
     back only after the batch's outputs are on the broker (so "applied" implies "delivered")."""
 
-    def __init__(self, out: BatchOutput) -> None:
+    def __init__(self, out: BatchOutput, canonical: Bundler) -> None:
         self.out = out
+        self.canonical = canonical  # ctr and engagement pay per Kafka message: bundles
         self.entries: dict[bytes, Record] = {}
         self.writes: dict[bytes, bytes | None] = {}
 
@@ -253,9 +254,7 @@ class JoinBatch:
             outcomes[f"counted:{rec['kind']}"] += 1
             # seq lets ctr/engagement recognise a canonical event produced again after a crash.
             rec = {**rec, "seq": [*seq_base, i]} if seq_base is not None else rec
-            # By campaign for ctr; clickstream events have none and go by user.
-            key = rec.get("campaign_id") or rec["user_id"]
-            await self.out.send(topics.canonical, key.encode(), orjson.dumps(rec))
+            self.canonical.add(canonical_key(rec), orjson.dumps(rec))
         for rec in outcome.discard:
             outcomes[rec["reason"]] += 1
             metrics.discarded.labels("ingest", rec["reason"]).inc()
@@ -264,7 +263,12 @@ class JoinBatch:
     def changed(self, key: bytes, entry: Record, forget: bool = False) -> None:
         self.writes[key] = None if forget else table_json(entry)
 
+    async def send_events(self) -> None:
+        """The events so far, ahead of a marker (or of the batch's end)."""
+        await self.canonical.send(self.out)
+
     async def commit(self) -> None:
+        await self.send_events()
         await self.out.flush()
         for key, value in self.writes.items():
             if value is not None:
@@ -332,15 +336,17 @@ async def advance(batch: JoinBatch, part: JoinPartition, p: int) -> None:
     wm = part.relay.watermark.recompute()
     if wm > part.relay.sent_watermark:
         await sweep(batch, part, p, wm)
+        await batch.send_events()
         await part.relay.forward(batch.out, topics.canonical, PARTITIONS)
 
 
 @app.agent(by_key_topic)
 async def join(stream: Any) -> None:
     out = BatchOutput(app)
+    canonical = Bundler(topics.canonical, PARTITIONS)
     async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
         async with join_lock:
-            batch = JoinBatch(out)
+            batch = JoinBatch(out, canonical)
             touched: set[int] = set()
             for event in events:
                 p = event.message.partition
@@ -367,6 +373,7 @@ async def join(stream: Any) -> None:
             for p in touched:
                 part = join_partitions[p]
                 await advance(batch, part, p)
+                await batch.send_events()
                 await part.relay.forward(out, topics.canonical, PARTITIONS)  # idleness, first word
             await batch.commit()
 
