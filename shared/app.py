@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -17,6 +17,7 @@ from faust import web
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 
 from shared import consumer_rewind
+from shared.batch_output import BatchOutput
 from shared.kafka_batches import murmur2
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
 from shared.logs import logging_config
@@ -122,6 +123,21 @@ class KeyedTable(faust.Table):
     def partition_for_key(self, key: Any) -> int:
         key = self.partition_by(key) if self.partition_by else key
         return key_partition(key.encode() if isinstance(key, str) else key, self.partitions)
+
+    async def write_many(self, out: BatchOutput, writes: Mapping[Any, bytes | None]) -> None:
+        """Set (or, for None, delete) many keys: the store here, the changelog through `out`, one
+        Kafka batch per partition. The same records `table[key] = value` would send, without
+        faust's per-key send (a future, a buffer hop and an aiokafka send each: a fifth of
+        ingest's join in the profile). The caller flushes `out` before its batch is acked."""
+        topic = self.changelog_topic.get_topic_name()
+        store = self.data
+        for key, value in writes.items():
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
+            raw_key = key.encode() if isinstance(key, str) else key
+            await out.send(topic, raw_key, value, partition=self.partition_for_key(key))  # type: ignore[arg-type]
 
 
 def keyed_table(

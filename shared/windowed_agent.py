@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from shared.app import key_partition, table_json
+from shared.batch_output import BatchOutput
 from shared.watermarks import NEG_INF, MultiSourceWatermark
 from shared.windows import Emit, KeyState, Placement, WindowSpec, add, close, latest_open_end, new_state
 
@@ -240,6 +241,12 @@ class WindowedAggregation:
                 self.table[key] = value
             elif key in self.table:
                 del self.table[key]
+
+    async def write_states(self, result: BatchResult, out: BatchOutput) -> None:
+        """commit_states for a KeyedTable (the services' case): all changelog records in one
+        Kafka batch per partition, acknowledged before this returns."""
+        await self.table.write_many(out, result.writes)
+        await out.flush()
 
     def _close_partition(
         self, p: int, touched: set[bytes], states: dict[bytes, KeyState], result: BatchResult

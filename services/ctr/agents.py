@@ -67,7 +67,7 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
         latest.append(metrics)
         await out.send(topics.ctr_metrics, emit.key.encode(), orjson.dumps(metrics))
     await out.flush()
-    windows.commit_states(result)
+    await windows.write_states(result, out)
     for row in latest:
         key = row["campaign_id"].encode()
         current = ctr_latest.get(key)

@@ -205,7 +205,7 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
     # Also the distinct-set members written while counting: on the broker before the states.
     await app.producer.flush()
     distinct.expire(durably_closed)  # windows dropped by the states flushed just now
-    windows.commit_states(result)
+    await windows.write_states(result, out)
     durably_closed.update(closed_watermarks())
     for key, records in readouts.items():
         engagement_readouts[key.encode()] = table_json({r["variation"]: r for r in records})

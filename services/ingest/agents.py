@@ -270,11 +270,8 @@ class JoinBatch:
     async def commit(self) -> None:
         await self.send_events()
         await self.out.flush()
-        for key, value in self.writes.items():
-            if value is not None:
-                join_state[key] = value
-            elif key in join_state:
-                del join_state[key]
+        await join_state.write_many(self.out, self.writes)
+        await self.out.flush()
 
 
 async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
