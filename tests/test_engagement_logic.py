@@ -82,9 +82,11 @@ class Aggregator:
                 batch.append((0, key.encode(), {**rec, "key": key, "seq": [0, self.offset, i]}))
             self.offset += 1
         result = self.windows.process(batch, self.contribute)
+        self.sets.apply_pending()  # members go out with the results, before the states
         records = [r for e in result.emits for r in window_records(e, self.sets.sizes(e.key, e.start_ms), 0)]
         if commit:
             self.sets.expire(self.closed)
+            self.sets.apply_pending()
             self.windows.commit_states(result)
             self.closed = {p: max(c.closed_to, c.floor) for p, c in self.windows.partitions.items()}
         return result, records

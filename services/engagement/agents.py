@@ -183,8 +183,9 @@ def experiment_readouts(key: str) -> list[Record]:
 
 async def publish(out: BatchOutput, result: BatchResult) -> None:
     """Results to the broker first, then the state that says they were produced."""
-    if not (result.late or result.emits or result.writes):
+    if not (result.late or result.emits or result.writes or distinct.pending):
         return
+    await distinct.write(out)  # members of the events counted: on the broker with the results
     for rec, window_start, wm in result.late:
         late = {**rec, "stage": "engagement", "window_start": window_start, "watermark_ms": wm}
         await out.send(topics.late_events, rec["key"].encode(), orjson.dumps(late))
@@ -202,9 +203,8 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
         for record in records:
             await out.send(topics.engagement_metrics, split_key(key)[1].encode(), orjson.dumps(record))
     await out.flush()
-    # Also the distinct-set members written while counting: on the broker before the states.
-    await app.producer.flush()
-    distinct.expire(durably_closed)  # windows dropped by the states flushed just now
+    distinct.expire(durably_closed)  # windows dropped by the states flushed before
+    await distinct.write(out)  # those deletions, with the states
     await windows.write_states(result, out)
     durably_closed.update(closed_watermarks())
     for key, records in readouts.items():

@@ -11,9 +11,9 @@ after every rebalance, answers membership and sizes.
 
 Exact under crashes and replays: adding is idempotent (a set) and a count is always the size of its
 set, never a counter kept beside it. The service writes, per batch:
-  1. members, as events are counted;
-  2. the results, then a full producer flush, so the members are on the broker;
-  3. the window states with their replay marks (WindowedAggregation.commit_states).
+  1. the members the batch's counted events added, with
+  2. the results, and waits until both are on the broker;
+  3. the window states with their replay marks (WindowedAggregation.write_states).
 So a state saying "event applied" never exists without the members that event added, and a member
 whose event's state was lost is found again, not double counted, when the event is replayed.
 A window's members are deleted once the window is dropped (past allowed lateness) and the state
@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from shared.app import key_partition, table_json
+from shared.batch_output import BatchOutput
 from shared.windows import WindowSpec
 
 SetsKey = tuple[str, int | None]  # (aggregate key, window start or None for lifetime sets)
@@ -53,9 +54,13 @@ class DistinctSets:
         # partition -> window start -> aggregate keys holding sets of that window (for expiry)
         self.windows: dict[int, dict[int, set[str]]] = {}
         self._indexed = False
+        # entry -> b"1" (added) or None (deleted), not yet sent: members go out in bulk, with
+        # the batch's results (faust's per-key table send cost more than the counting)
+        self.pending: dict[bytes, bytes | None] = {}
 
     def forget(self) -> None:
         """After a rebalance: rebuild from the recovered table at the next use."""
+        self.pending.clear()  # a batch in flight is not acked: its events come again
         self.sets.clear()
         self.windows.clear()
         self._indexed = False
@@ -63,7 +68,22 @@ class DistinctSets:
     def add(self, key: str, window: int | None, name: str, member: str) -> None:
         self._ensure_indexed()
         if self._remember(key, window, name, member):
-            self.table[entry_key(key, window, name, member)] = b"1"
+            self.pending[entry_key(key, window, name, member)] = b"1"
+
+    async def write(self, out: BatchOutput) -> None:
+        """Send the members added (and deleted) since the last call through `out`, in one Kafka
+        batch per partition (the table is a KeyedTable); the caller flushes."""
+        pending, self.pending = self.pending, {}
+        await self.table.write_many(out, pending)
+
+    def apply_pending(self) -> None:
+        """write() for a plain mapping (unit tests)."""
+        pending, self.pending = self.pending, {}
+        for entry, value in pending.items():
+            if value is None:
+                self.table.pop(entry, None)
+            else:
+                self.table[entry] = value
 
     def sizes(self, key: str, window: int | None) -> dict[str, int]:
         self._ensure_indexed()
@@ -81,8 +101,8 @@ class DistinctSets:
                     for name, members in self.sets.pop((key, start), {}).items():
                         for member in members:
                             entry = entry_key(key, start, name, member)
-                            if entry in self.table:
-                                del self.table[entry]
+                            if entry in self.table or entry in self.pending:
+                                self.pending[entry] = None
                                 deleted += 1
         return deleted
 
