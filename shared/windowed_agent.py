@@ -94,6 +94,7 @@ class WindowedAggregation:
         assigned: Callable[[], set[int] | None] = lambda: None,
     ) -> None:
         self.table = table  # MutableMapping[bytes, bytes]: key -> orjson(KeyState + {"p": partition})
+        self._get = getattr(table, "get_stored", table.get)  # a KeyedTable's fast path
         self.spec = spec
         self.idle_timeout_s = idle_timeout_s
         self.partition_count = partitions
@@ -282,5 +283,5 @@ class WindowedAggregation:
             result.writes[watermark_key(p, self.partition_count)] = table_json({"p": p, "wm": wm, "w": {}})
 
     def _load(self, key: bytes) -> KeyState:
-        raw = self.table.get(key)
+        raw = self._get(key)
         return orjson.loads(raw) if raw is not None else new_state()

@@ -245,7 +245,7 @@ class JoinBatch:
     def entry(self, key: bytes, p: int) -> Record:
         e = self.entries.get(key)
         if e is None:
-            raw = join_state.get(key)
+            raw = join_state.get_stored(key)
             e = self.entries[key] = orjson.loads(raw) if raw is not None else new_entry(p)
         return e
 
@@ -282,7 +282,7 @@ async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
         keys.update(part.forget_at.due(wm))
         part.swept_at = wm
     for key in keys:
-        if key not in batch.entries and join_state.get(key) is None:
+        if key not in batch.entries and join_state.get_stored(key) is None:
             part.untrack(key)
             continue
         entry = batch.entry(key, p)
