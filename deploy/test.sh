@@ -11,5 +11,5 @@ echo "[test] ruff" >&2
 echo "[test] pytest" >&2
 # End-to-end tests wait on wall-clock deadlines; on a loaded 2-core machine one may time out.
 # A test that timed out gets up to two more tries on a fresh mesh; a wrong number never does
-# (only TimeoutError is retried here; three tests with known intermittent failures are marked).
+# (only TimeoutError is retried). -rfER names every retried test in the summary.
 exec .venv/bin/python -m pytest -q -rfER -p no:cacheprovider --reruns 2 --only-rerun TimeoutError "$@"
