@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust import web
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
+from mode.utils.times import want_seconds
 
 from shared import consumer_rewind
 from shared.batch_output import BatchOutput
@@ -31,7 +32,12 @@ log = logging.getLogger(__name__)
 consumer_rewind.install()
 
 
-async def ensure_topics(settings: Settings, names: list[str], visible_within_s: float = 60.0) -> None:
+async def ensure_topics(
+    settings: Settings,
+    names: list[str],
+    visible_within_s: float = 60.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
     """Create the project's topics with explicit partition counts (the broker never auto-creates),
     then wait until the broker's metadata lists each of them with its partitions.
 
@@ -44,7 +50,12 @@ async def ensure_topics(settings: Settings, names: list[str], visible_within_s: 
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(n, settings.topic_partitions, settings.topic_replication_factor)
+            NewTopic(
+                n,
+                settings.topic_partitions,
+                settings.topic_replication_factor,
+                topic_configs=dict((configs or {}).get(n, {})),
+            )
             for n in names
             if n not in existing
         ]
@@ -210,7 +221,23 @@ class MeshApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
-        await ensure_topics(self.mesh_settings, topic_names(self.mesh_settings).all())
+        # The tables' changelog topics too, as faust would create them (compaction settings):
+        # faust creates them itself just before its consumer subscribes, and a consumer that
+        # asked for metadata a moment too early joined without them. It then rebalanced when
+        # its metadata refresh found them, mid-stream (a test's anomaly service, 30 s in).
+        changelogs = {t.changelog_topic.get_topic_name(): changelog_config(t) for t in self.tables.values()}
+        names = topic_names(self.mesh_settings).all() + sorted(changelogs)
+        await ensure_topics(self.mesh_settings, names, configs=changelogs)
+
+
+def changelog_config(table: Any) -> dict[str, str]:
+    """The topic config faust's aiokafka transport gives a table's changelog (_topic_config)."""
+    topic = table.changelog_topic
+    flags = [flag for flag, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on]
+    config = {"cleanup.policy": ",".join(flags)} if flags else {}
+    if topic.retention:
+        config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
+    return {**config, **{k: str(v) for k, v in (topic.config or {}).items()}}
 
 
 def make_app(
