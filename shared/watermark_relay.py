@@ -29,6 +29,11 @@ class RelayedWatermark:
     def observe(self, marker: dict[str, Any]) -> None:
         self.watermark.observe_marker(marker)
 
+    def moved(self) -> bool:
+        """The watermark went past what downstream was last told: the stage sends the events it
+        holds, then forward()s, at once (what is judged late must not depend on batch sizes)."""
+        return self.watermark.recompute() > self.sent_watermark
+
     async def forward(self, out: BatchOutput, topic: str, partitions: int) -> None:
         """After a batch: tell downstream if the watermark moved or idleness changed."""
         wm, idle = self.watermark.recompute(), self.watermark.all_idle

@@ -94,10 +94,8 @@ async def fan_out(stream: Any) -> None:
                     if rec.get("kind") == MARKER_KIND:
                         relay = fan_out_partition(m.partition)
                         relay.observe(rec)
-                        if relay.watermark.recompute() > relay.sent_watermark:
-                            # Progress goes on at once, after the events before it (bundles cut
-                            # here): what `aggregate` judges late must not depend on batch sizes.
-                            await bundles.send(out)
+                        if relay.moved():
+                            await bundles.send(out)  # the events before it, bundles cut here
                             await relay.forward(out, topics.engagement_by_key, PARTITIONS)
                         continue
                     for i, key in enumerate(dimension_keys(rec)):

@@ -330,9 +330,8 @@ async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
 
 async def advance(batch: JoinBatch, part: JoinPartition, p: int) -> None:
     """If the partition's watermark moved: expire what it passed, then tell ctr and engagement."""
-    wm = part.relay.watermark.recompute()
-    if wm > part.relay.sent_watermark:
-        await sweep(batch, part, p, wm)
+    if part.relay.moved():
+        await sweep(batch, part, p, part.relay.watermark.value)
         await batch.send_events()
         await part.relay.forward(batch.out, topics.canonical, PARTITIONS)
 
