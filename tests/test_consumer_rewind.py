@@ -80,3 +80,55 @@ def test_records_of_a_partition_not_active_yet_are_fetched_again_from_the_first(
     c = FakeConsumer({STREAM: [500, 501], OTHER: [90, 91]}, rebalancing=False, active={OTHER})
     assert handed(c) == [(OTHER, 90), (OTHER, 91)]
     assert c.sought == [(STREAM, 500)]
+
+
+async def deliver(log: list[str], gate: asyncio.Future | None) -> str:
+    log.append("started")
+    if gate is not None:
+        log.append(f"got {await gate}")
+    log.append("finished")
+    return "result"
+
+
+def test_a_delivery_that_does_not_suspend_finishes_in_its_first_step():
+    log: list[str] = []
+    with_no_wait = deliver(log, None)
+    try:
+        with_no_wait.send(None)
+    except StopIteration as stop:
+        assert stop.value == "result"
+    else:
+        raise AssertionError("the delivery suspended")
+    assert log == ["started", "finished"]
+
+
+def test_a_suspended_delivery_is_finished_by_resumed_as_if_awaited_whole():
+    async def scenario() -> tuple[str, list[str]]:
+        log: list[str] = []
+        gate = asyncio.get_running_loop().create_future()
+        delivery = deliver(log, gate)
+        suspended_on = delivery.send(None)
+        assert log == ["started"]
+        asyncio.get_running_loop().call_later(0.01, gate.set_result, "value")
+        return await consumer_rewind.Resumed(delivery, suspended_on), log
+
+    result, log = asyncio.run(scenario())
+    assert (result, log) == ("result", ["started", "got value", "finished"])
+
+
+def test_cancelling_a_resumed_delivery_cancels_the_delivery():
+    async def scenario() -> list[str]:
+        log: list[str] = []
+        gate = asyncio.get_running_loop().create_future()
+        delivery = deliver(log, gate)
+        task = asyncio.ensure_future(consumer_rewind.Resumed(delivery, delivery.send(None)))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.append("cancelled")
+        return log
+
+    log = asyncio.run(scenario())
+    assert log == ["started", "cancelled"]
