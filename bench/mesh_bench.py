@@ -723,7 +723,14 @@ async def main_async(a: argparse.Namespace) -> dict:
         # -- limits ---------------------------------------------------------------------------
         systems: dict[str, Any] = {}
         results["systems"] = systems
-        backlog_overrides = {"IDLE_FLUSH_TIMEOUT_MS": "2000", "WINDOW_SIZE_MS": str(a.backlog_window_ms)}
+        # A finite backlog ends: its sources go quiet for good, and the last windows close when the
+        # idle timeouts say so. 2 s each (not the 10 s defaults, which a live stream wants) keep
+        # that fixed tail from weighing on the end-to-end rate of a short backlog.
+        backlog_overrides = {
+            "IDLE_FLUSH_TIMEOUT_MS": "2000",
+            "SOURCE_IDLE_TIMEOUT_MS": "2000",
+            "WINDOW_SIZE_MS": str(a.backlog_window_ms),
+        }
         mesh_rate = None
         try:
             if "limits" not in a.skip:
