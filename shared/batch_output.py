@@ -1,6 +1,6 @@
 """Produce a batch's results and wait for the broker to acknowledge all of them.
 
-faust acks a `take_events()` batch as soon as its body returns, and the offsets it commits next
+A batch is acked as soon as its body returns (shared/event_batches.py), and the offsets committed next
 would then cover input whose output may still sit in the producer's buffer. Awaiting every send
 before the body returns keeps the at-least-once promise: a crash can repeat output, never lose it.
 """

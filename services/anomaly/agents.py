@@ -19,6 +19,7 @@ from services.anomaly.detectors import Event
 from services.anomaly.monitor import CtrMonitor, SalesMonitor
 from shared.app import keyed_table, raw_schema
 from shared.batch_output import BatchOutput
+from shared.event_batches import event_batches
 from shared.topics import topic_names
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ async def publish(out: BatchOutput, events: list[Event]) -> None:
 @app.agent(ctr_metrics_topic)
 async def detect_campaign_anomalies(stream: Any) -> None:
     out = BatchOutput(app)
-    async for batch in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+    async for batch in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         ctr_monitor.discard()  # nothing staged by a batch that failed halfway
         found: list[Event] = []
         for event in batch:
@@ -101,7 +102,7 @@ async def detect_campaign_anomalies(stream: Any) -> None:
 @app.agent(engagement_topic)
 async def detect_item_anomalies(stream: Any) -> None:
     out = BatchOutput(app)
-    async for batch in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+    async for batch in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         sales_monitor.discard()
         found: list[Event] = []
         for event in batch:

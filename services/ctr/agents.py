@@ -14,6 +14,7 @@ from shared import metrics as mesh_metrics
 from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.bundles import unbundle
+from shared.event_batches import event_batches
 from shared.topics import canonical_key, topic_names
 from shared.watermarks import MARKER_KIND
 from shared.windowed_agent import BatchResult, WindowedAggregation
@@ -88,7 +89,7 @@ async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
 @app.agent(canonical_topic)
 async def count_windows(stream: Any) -> None:
     out = BatchOutput(app)
-    async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+    async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         async with windows.lock:
             decoded = [
                 (e.message.partition, b"" if rec.get("kind") == MARKER_KIND else canonical_key(rec), rec)

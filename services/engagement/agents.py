@@ -32,6 +32,7 @@ from services.engagement.readout import readout_records
 from shared.app import key_partition, keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.bundles import Bundler, unbundle
+from shared.event_batches import event_batches
 from shared.topics import topic_names
 from shared.watermark_relay import RelayedWatermark, repeat_markers
 from shared.watermarks import MARKER_KIND, MARKER_REPEAT_S
@@ -84,7 +85,7 @@ async def fan_out(stream: Any) -> None:
     out = BatchOutput(app)
     # One message per engagement-by-key partition and batch, not one per event and dimension.
     bundles = Bundler(topics.engagement_by_key, PARTITIONS)
-    async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+    async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         async with fan_out_lock:
             touched: set[int] = set()
             for event in events:
@@ -227,7 +228,7 @@ async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
 @app.agent(by_key_topic)
 async def aggregate(stream: Any) -> None:
     out = BatchOutput(app)
-    async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+    async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         async with windows.lock:
             decoded = [
                 (e.message.partition, rec["key"].encode() if "key" in rec else e.key, rec)

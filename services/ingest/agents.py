@@ -28,6 +28,7 @@ from shared import metrics
 from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.bundles import Bundler, unbundle
+from shared.event_batches import event_batches
 from shared.source_idleness import SourceActivity
 from shared.topics import canonical_key, topic_names
 from shared.watermark_relay import RelayedWatermark, repeat_markers
@@ -93,7 +94,7 @@ async def validate(stream: Any) -> None:
     out = BatchOutput(app)
     by_key = Bundler(topics.by_event_key, PARTITIONS)
     progress = raw_progress
-    async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+    async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         async with validate_lock:
             if raw_activity.unchecked:
                 # First batch since an assignment: say which partitions are empty before any event
@@ -342,7 +343,7 @@ async def advance(batch: JoinBatch, part: JoinPartition, p: int) -> None:
 async def join(stream: Any) -> None:
     out = BatchOutput(app)
     canonical = Bundler(topics.canonical, PARTITIONS)
-    async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+    async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         async with join_lock:
             batch = JoinBatch(out, canonical)
             touched: set[int] = set()

@@ -1,7 +1,7 @@
 """warehouse agent: result topics → batched, idempotent inserts into ClickHouse.
 
-Offsets are committed only for batches ClickHouse accepted: `take_events` acks a batch when the
-body returns (even on error), so the body retries the insert until it succeeds instead of raising.
+Offsets are committed only for batches ClickHouse accepted: a batch is acked when the body returns
+(shared/event_batches.py), and the body retries the insert until it succeeds instead of raising.
 A retried or replayed batch carries the same dedup token (from its topic-partition-offsets), and
 tables are ReplacingMergeTree on their natural key, so nothing is ever counted twice.
 """
@@ -21,6 +21,7 @@ from services.warehouse.app import app, clickhouse, settings
 from services.warehouse.sinks import Message, Row, columns_by_table, sinks_for
 from shared import metrics
 from shared.app import raw_schema
+from shared.event_batches import event_batches
 from shared.topics import topic_names
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ async def insert_with_retry(table: str, rows: list[Row], columns: list[str], tok
 @app.agent(source_topic)
 async def persist(stream: Any) -> None:
     await ensure_schema()
-    async for events in stream.take_events(settings.warehouse_batch_rows, settings.warehouse_batch_seconds):
+    async for events in event_batches(
+        stream, settings.warehouse_batch_rows, settings.warehouse_batch_seconds
+    ):
         rows: dict[str, list[Row]] = defaultdict(list)
         offsets: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
         for event in events:

@@ -1,0 +1,120 @@
+"""shared.event_batches on a fake stream: what a batch holds, what is acked and when."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
+
+from shared.event_batches import event_batches
+
+
+class FakeMessage:  # hashable, as faust's Message is (the consumer keeps a set of them)
+    def __init__(self, topic: str, offset: int, generation_id: int) -> None:
+        self.topic, self.offset, self.generation_id, self.tracked = topic, offset, generation_id, False
+
+
+class FakeEvent:
+    def __init__(self, offset: int, generation: int = 1, topic: str = "t") -> None:
+        self.message = FakeMessage(topic, offset, generation)
+        self.acked = False
+
+    def ack(self) -> bool:
+        self.acked = True
+        return True
+
+
+def fake_stream(active: bool = True) -> Any:
+    app = SimpleNamespace(
+        consumer=SimpleNamespace(unacked=set()),
+        topics=SimpleNamespace(acking_topics={"t"}),
+        flow_control=SimpleNamespace(is_active=lambda: active),
+        consumer_generation_id=1,
+    )
+    return SimpleNamespace(
+        app=app, channel=SimpleNamespace(queue=ThrowableQueue(maxsize=100, flow_control=FlowControlEvent()))
+    )
+
+
+def put(stream: Any, *events: FakeEvent) -> None:
+    for e in events:
+        stream.channel.queue.put_nowait(e)
+
+
+def test_a_batch_takes_what_is_queued_up_to_its_maximum():
+    async def scenario() -> list[list[int]]:
+        stream = fake_stream()
+        put(stream, *(FakeEvent(o) for o in range(5)))
+        batches = event_batches(stream, 3, 0.01)
+        return [[e.message.offset for e in await anext(batches)] for _ in range(2)]
+
+    assert asyncio.run(scenario()) == [[0, 1, 2], [3, 4]]
+
+
+def test_events_are_acked_after_the_body_not_before():
+    async def scenario() -> tuple[list[bool], list[bool], int]:
+        stream = fake_stream()
+        events = [FakeEvent(0), FakeEvent(1)]
+        put(stream, *events)
+        batches = event_batches(stream, 10, 0.01)
+        await anext(batches)
+        during = [e.acked for e in events]
+        tracked = len(stream.app.consumer.unacked)
+        put(stream, FakeEvent(2))
+        await anext(batches)  # asking for the next batch means the body finished
+        return during, [e.acked for e in events], tracked
+
+    during, after, tracked = asyncio.run(scenario())
+    assert during == [False, False]
+    assert after == [True, True]
+    assert tracked == 2
+
+
+def test_a_batch_whose_body_raised_is_not_acked():
+    async def scenario() -> list[bool]:
+        stream = fake_stream()
+        events = [FakeEvent(0), FakeEvent(1)]
+        put(stream, *events)
+        with pytest.raises(RuntimeError):
+            async for _ in event_batches(stream, 10, 0.01):
+                raise RuntimeError("the body failed")
+        return [e.acked for e in events]
+
+    assert asyncio.run(scenario()) == [False, False]
+
+
+def test_events_of_another_generation_are_acked_and_not_handed_on():
+    async def scenario() -> tuple[list[int], bool]:
+        stream = fake_stream()
+        stale = FakeEvent(0, generation=0)
+        put(stream, stale, FakeEvent(1))
+        batch = await anext(event_batches(stream, 10, 0.01))
+        return [e.message.offset for e in batch], stale.acked
+
+    assert asyncio.run(scenario()) == ([1], True)
+
+
+def test_nothing_is_handed_on_while_the_flow_is_suspended():
+    async def scenario() -> bool:
+        stream = fake_stream(active=False)
+        event = FakeEvent(0)
+        put(stream, event)
+        batches = event_batches(stream, 10, 0.01)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(batches), 0.1)
+        return event.acked
+
+    assert asyncio.run(scenario()) is True
+
+
+def test_an_error_thrown_into_the_channel_is_raised():
+    async def scenario() -> None:
+        stream = fake_stream()
+        stream.channel.queue._throw(ValueError("thrown"))
+        await anext(event_batches(stream, 10, 0.01))
+
+    with pytest.raises(ValueError, match="thrown"):
+        asyncio.run(scenario())
