@@ -32,19 +32,25 @@ async def event_batches(stream: Any, max_events: int, within_s: float) -> AsyncI
     flow_active = app.flow_control.is_active
     loop = asyncio.get_running_loop()
     while True:
-        taken = [await queue.get()]
-        deadline = loop.time() + within_s
-        while len(taken) < max_events:
-            if not queue.empty():
-                taken.append(queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                taken.append(await asyncio.wait_for(queue.get(), remaining))
-            except TimeoutError:
-                break
+        try:
+            taken = [await queue.get()]
+            deadline = loop.time() + within_s
+            while len(taken) < max_events:
+                if not queue.empty():
+                    taken.append(queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    taken.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+        except StopAsyncIteration:
+            # faust ends a channel by throwing this into its queue (the worker is stopping). Raised
+            # inside an async generator it would turn into a RuntimeError, the agent would crash
+            # and be restarted mid-shutdown, and the worker would take ~30 s longer to stop.
+            return
         generation = app.consumer_generation_id
         active = flow_active()
         events = []

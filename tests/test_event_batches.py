@@ -118,3 +118,12 @@ def test_an_error_thrown_into_the_channel_is_raised():
 
     with pytest.raises(ValueError, match="thrown"):
         asyncio.run(scenario())
+
+
+def test_the_channel_ending_ends_the_batches():
+    async def scenario() -> list[Any]:
+        stream = fake_stream()
+        stream.channel.queue._throw(StopAsyncIteration())
+        return [batch async for batch in event_batches(stream, 10, 0.01)]
+
+    assert asyncio.run(scenario()) == []
