@@ -178,11 +178,15 @@ class WindowedAggregation:
         result = BatchResult()
         states: dict[bytes, KeyState] = {}
         touched: dict[int, set[bytes]] = {}
+        # Each partition's watermark, known until its next marker: recomputing it (a minimum over
+        # the upstream sources, with their idle clocks) for every record cost more than counting.
+        watermarks: dict[int, int] = {}
         for p, key, rec in events:
             c = self.clock(p)
             if rec.get("kind") == "wm":
                 # Markers are not input: they keep coming (repeated) when nothing happens.
                 c.progress.observe_marker(rec)
+                watermarks.pop(p, None)
                 touched.setdefault(p, set())
                 continue
             self.last_input_at = time.monotonic()
@@ -196,7 +200,9 @@ class WindowedAggregation:
             if already_applied(state, seq):
                 result.replayed += 1
                 continue
-            wm = self.watermark(c)
+            wm = watermarks.get(p)
+            if wm is None:
+                wm = watermarks[p] = self.watermark(c)
             if add(state, self.spec, rec["ts"], wm, fn) is Placement.LATE:
                 result.late.append((rec, self.spec.start(rec["ts"]), wm))
                 continue
