@@ -86,9 +86,24 @@ async def _wait_until_listed(admin: AIOKafkaAdminClient, names: list[str], withi
         await asyncio.sleep(0.2)
 
 
+class RawSchema(faust.Schema):
+    """Bytes in, bytes out, with the event built straight from the message. faust's own decode
+    passes the key and the value through its serializer registry and the "raw" codec (which hand
+    back the same bytes) and a sensor-less `create_event`: 15% of ingest's CPU in the profile,
+    where every raw event is a message."""
+
+    def compile(self, app: Any, **kwargs: Any) -> Any:
+        event = app.conf.Event
+
+        async def decode(message: Any, *, propagate: bool = False) -> Any:
+            return event(app, message.key, message.value, message.headers, message)
+
+        return decode
+
+
 def raw_schema() -> faust.Schema:
     """Bytes in, bytes out: hot paths decode with orjson themselves (faust.Record costs ~10x)."""
-    return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    return RawSchema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
 def key_partition(key: bytes, partitions: int) -> int:
