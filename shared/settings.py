@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     generator_web_port: int = 6069
     engagement_web_port: int = 6072
     batch_max_events: int = Field(2000, ge=1)
-    batch_within_seconds: float = Field(0.05, gt=0)
+    batch_within_seconds: float = Field(0.02, gt=0)  # see .env.example
     log_level: str = "info"
     # text (human, coloured on a terminal) | json (one object per line, for log shippers)
     log_format: Literal["text", "json"] = "text"
