@@ -614,7 +614,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--peer-max-seconds", type=float, help="cap for the Quix backlog run (default 45)")
     p.add_argument(
-        "--mesh-events", type=int, help="events the mesh drains until all are accounted (default 60,000)"
+        "--mesh-events", type=int, help="events the mesh drains until all are accounted (default 200,000)"
     )
     p.add_argument("--mesh-max-seconds", type=float, help="safety cap for the mesh backlog run (default 240)")
     p.add_argument("--scales", default="1,4,16", help="cardinality multipliers for the scaling runs")
@@ -647,7 +647,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "events": 300_000 if q else 5_000_000,
         "limit_max_seconds": 20 if q else 30,
         "peer_max_seconds": 30 if q else 45,
-        "mesh_events": 20_000 if q else 60_000,
+        "mesh_events": 20_000 if q else 200_000,
         "mesh_max_seconds": 120 if q else 240,
         "scale_events": 8_000 if q else 20_000,
         "scale_max_seconds": 45 if q else 60,
