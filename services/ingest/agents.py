@@ -242,7 +242,6 @@ class JoinBatch:
         self.canonical = canonical  # ctr and engagement pay per Kafka message: bundles
         self.entries: dict[bytes, Record] = {}
         self.writes: dict[bytes, bytes | None] = {}
-        self.partitions: dict[bytes, int] = {}  # the entry's partition, known: no murmur2 again
 
     def entry(self, key: bytes, p: int) -> Record:
         e = self.entries.get(key)
@@ -264,7 +263,6 @@ class JoinBatch:
 
     def changed(self, key: bytes, entry: Record, forget: bool = False) -> None:
         self.writes[key] = None if forget else table_json(entry)
-        self.partitions[key] = entry["p"]
 
     async def send_events(self) -> None:
         """The events so far, ahead of a marker (or of the batch's end)."""
@@ -273,7 +271,7 @@ class JoinBatch:
     async def commit(self) -> None:
         await self.send_events()
         await self.out.flush()
-        await join_state.write_many(self.out, self.writes, self.partitions)
+        await join_state.write_many(self.out, self.writes)
         await self.out.flush()
 
 
