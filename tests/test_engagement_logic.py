@@ -11,7 +11,7 @@ import pytest
 
 from services.engagement.agents import counting
 from services.engagement.distinct import DistinctSets, aggregate_key_of, entry_key
-from services.engagement.metrics import dimension_keys, lifetime_arms, window_records
+from services.engagement.metrics import dimension_keys, dimension_records, lifetime_arms, window_records
 from services.engagement.readout import readout_records
 from services.warehouse.sinks import Message, columns_by_table, sinks_for
 from shared.stats import chi_square_gof, two_proportion_ztest
@@ -57,6 +57,25 @@ def test_each_event_goes_to_every_dimension_it_has():
     assert dimension_keys({"kind": "click", "user_id": "u2", "device_type": ""})[0] == "device:unknown"
 
 
+def test_each_dimension_copy_keeps_what_it_counts_and_what_a_late_report_names():
+    event = {**cs("purchase", 7, id="e1", src="clickstream:0:5"), "price": 9.5, "browser": "Safari"}
+    copies = dict(dimension_records(event))
+    assert list(copies) == dimension_keys(event)
+    reported = {"kind": "purchase", "ts": 7, "id": "e1", "src": "clickstream:0:5", "user_id": "u1"}
+    assert copies["device:iPhone 15"] == reported == copies["item:i1"]
+    assert copies["user:u1"] == {**reported, "session_id": "s1"}
+    assert copies["experiment:exp"] == {
+        **reported,
+        "experiment_name": "exp",
+        "experiment_variation": "control",
+    }
+    # an ad event's campaign travels with it (fct_late_event names it)
+    assert (
+        dict(dimension_records({**imp(1), "id": "e2", "src": "ad:0:1"}))["device:mobile"]["campaign_id"]
+        == "c1"
+    )
+
+
 # --- windows through the shared engine, as the aggregate agent runs them ---------------------
 
 
@@ -78,8 +97,9 @@ class Aggregator:
             if rec.get("kind") == "wm":
                 batch.append((0, b"", rec))
                 continue
-            for i, key in enumerate(dimension_keys(rec)):
-                batch.append((0, key.encode(), {**rec, "key": key, "seq": [0, self.offset, i]}))
+            # as the fan-out sends them: each dimension's copy holds only the fields it needs
+            for i, (key, fields) in enumerate(dimension_records(rec)):
+                batch.append((0, key.encode(), {**fields, "key": key, "seq": [0, self.offset, i]}))
             self.offset += 1
         result = self.windows.process(batch, self.contribute)
         self.sets.apply_pending()  # members go out with the results, before the states

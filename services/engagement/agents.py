@@ -23,7 +23,7 @@ from services.engagement.metrics import (
     EXPERIMENT,
     Record,
     contribution,
-    dimension_keys,
+    dimension_records,
     lifetime_arms,
     split_key,
     window_records,
@@ -99,12 +99,12 @@ async def fan_out(stream: Any) -> None:
                             await bundles.send(out)  # the events before it, bundles cut here
                             await relay.forward(out, topics.engagement_by_key, PARTITIONS)
                         continue
-                    for i, key in enumerate(dimension_keys(rec)):
+                    for i, (key, fields) in enumerate(dimension_records(rec)):
                         # seq = this stage's position, increasing per canonical partition in
                         # every engagement-by-key partition: `aggregate` skips a copy re-sent
                         # after a crash (offset, place in the bundle, dimension).
                         seq = [m.partition, m.offset, j, i]
-                        bundles.add(key.encode(), orjson.dumps({**rec, "key": key, "seq": seq}))
+                        bundles.add(key.encode(), orjson.dumps({**fields, "key": key, "seq": seq}))
             await bundles.send(out)
             # Markers after the batch's events: downstream never sees progress before the events in it.
             for p in touched:
