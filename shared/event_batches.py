@@ -21,9 +21,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 
-async def event_batches(stream: Any, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
+async def event_batches(
+    stream: Any, max_events: int, within_s: float, quiet_s: float | None = None
+) -> AsyncIterator[list[Any]]:
     """Lists of up to `max_events` events: the first that arrives, and whatever follows within
-    `within_s` of it (at once, if the queue holds enough already)."""
+    `within_s` of it (at once, if the queue holds enough already). With `quiet_s`, a batch also
+    closes as soon as nothing arrived for that long: a burst (the results of closing windows) goes
+    on when it ends instead of waiting out `within_s`, while a steady flow still fills batches."""
     app = stream.app
     queue = stream.channel.queue
     consumer = app.consumer
@@ -42,8 +46,9 @@ async def event_batches(stream: Any, max_events: int, within_s: float) -> AsyncI
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
+                wait = remaining if quiet_s is None else min(remaining, quiet_s)
                 try:
-                    taken.append(await asyncio.wait_for(queue.get(), remaining))
+                    taken.append(await asyncio.wait_for(queue.get(), wait))
                 except TimeoutError:
                     break
         except StopAsyncIteration:

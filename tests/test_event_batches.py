@@ -54,6 +54,40 @@ def test_a_batch_takes_what_is_queued_up_to_its_maximum():
     assert asyncio.run(scenario()) == [[0, 1, 2], [3, 4]]
 
 
+def test_a_quiet_gap_closes_a_batch_before_its_time_is_up():
+    async def scenario(quiet_s: float | None) -> tuple[list[int], float]:
+        stream = fake_stream()
+        put(stream, FakeEvent(0), FakeEvent(1))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        batch = await anext(event_batches(stream, 100, 2.0, quiet_s))
+        return [e.message.offset for e in batch], loop.time() - started
+
+    # a burst followed by silence goes on after the quiet gap, not after the 2 s
+    offsets, waited = asyncio.run(scenario(0.05))
+    assert offsets == [0, 1] and waited < 1.0
+    offsets, waited = asyncio.run(scenario(None))
+    assert offsets == [0, 1] and waited >= 2.0
+
+
+def test_events_closer_than_the_quiet_gap_stay_in_one_batch():
+    async def scenario() -> list[int]:
+        stream = fake_stream()
+        put(stream, FakeEvent(0))
+
+        async def trickle() -> None:
+            for o in range(1, 4):
+                await asyncio.sleep(0.02)
+                put(stream, FakeEvent(o))
+
+        feeder = asyncio.create_task(trickle())
+        batch = await anext(event_batches(stream, 100, 5.0, quiet_s=0.3))
+        await feeder
+        return [e.message.offset for e in batch]
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3]
+
+
 def test_events_are_acked_after_the_body_not_before():
     async def scenario() -> tuple[list[bool], list[bool], int]:
         stream = fake_stream()

@@ -98,7 +98,10 @@ async def insert_with_retry(table: str, rows: list[Row], columns: list[str], tok
 async def persist(stream: Any) -> None:
     await ensure_schema()
     async for events in event_batches(
-        stream, settings.warehouse_batch_rows, settings.warehouse_batch_seconds
+        stream,
+        settings.warehouse_batch_rows,
+        settings.warehouse_batch_seconds,
+        settings.warehouse_batch_quiet_seconds,
     ):
         rows: dict[str, list[Row]] = defaultdict(list)
         offsets: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
