@@ -632,7 +632,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--soak-minutes", type=float, help="live run length: latency + memory over time (default 2)"
     )
     p.add_argument("--quix-live-seconds", type=float, help="the peer's live latency run (default 40)")
-    p.add_argument("--poll-interval", type=float, default=0.25, help="ClickHouse polling for readability (s)")
+    p.add_argument("--poll-interval", type=float, default=0.1, help="ClickHouse polling for readability (s)")
     p.add_argument("--interval", type=float, default=1.0, help="lag/CPU/RSS sampling interval (s)")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
     p.add_argument("--profile-seconds", type=float, default=25.0)
