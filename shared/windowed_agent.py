@@ -41,6 +41,10 @@ class PartitionClock:
     floor: int = NEG_INF  # raised by the idle flush and by the watermark restored after a restart
     closed_to: int = NEG_INF  # watermark of the last full close pass
     keys: set[bytes] = field(default_factory=set)  # keys that hold windows
+    # watermark -> keys with a window whose end (emit) or end + grace (drop) it reaches. When the
+    # watermark moves, only these keys can change: scanning every key with windows, as before,
+    # made each live batch load and parse thousands of user states (44% of engagement at 3,500/s).
+    due: dict[int, set[bytes]] = field(default_factory=dict)
     # keys with no window left, kept (with their replay marks) until the watermark moved on
     retired: dict[bytes, int] = field(default_factory=dict)
     # events counted while the watermark was still unknown (-inf): nothing can be judged late then
@@ -142,6 +146,8 @@ class WindowedAggregation:
                 continue
             if has_windows:
                 c.keys.add(key)
+                # Their windows' ends are not read yet: visited at the first move, indexed then.
+                c.due.setdefault(NEG_INF, set()).add(key)
             else:
                 c.retired[key] = wm
 
@@ -260,9 +266,14 @@ class WindowedAggregation:
     ) -> None:
         c = self.partitions[p]
         wm = self.watermark(c)
-        # Only a watermark that moved can close windows of keys this batch did not touch.
+        # Only a watermark that moved can close windows of keys this batch did not touch, and only
+        # of the keys with a window end (or end + grace) it reached.
         moved = wm > c.closed_to
-        keys = set(c.keys) if moved else touched
+        keys = set(touched)
+        if moved:
+            for threshold in [t for t in c.due if t <= wm]:
+                keys |= c.due.pop(threshold)
+        duration, grace = self.spec.duration_ms, self.spec.grace_ms
         for key in keys:
             state = states.get(key)
             if state is None:
@@ -273,6 +284,11 @@ class WindowedAggregation:
             if not state["w"]:
                 c.keys.discard(key)
                 c.retired[key] = wm
+            for slot in state["w"]:
+                end = int(slot) + duration
+                if end > wm:
+                    c.due.setdefault(end, set()).add(key)
+                c.due.setdefault(end + grace, set()).add(key)
             if key in touched or emits or held != len(state["w"]):
                 # An untouched, unchanged key is not rewritten: its stored "wm" may lag, which only
                 # makes the floor restored after a restart conservative.

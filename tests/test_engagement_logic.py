@@ -198,6 +198,30 @@ def device_rows(records: list[dict[str, Any]]) -> dict[str, tuple[int, ...]]:
     }
 
 
+def test_a_watermark_moving_alone_closes_and_drops_untouched_windows_also_after_a_restart():
+    # Windows of keys no batch touches any more are found through their ends (the due index),
+    # not by scanning every key: each must still be emitted at its end and dropped after grace.
+    agg = Aggregator()
+    agg.run(imp(1_000, "u1", "mobile"), imp(12_000, "u2", "tablet"), wm(500))
+    _, records = agg.run(wm(9_999))
+    assert records == []
+    _, records = agg.run(wm(10_000))  # the end of [0, 10 s) only
+    assert device_rows(records) == {"mobile": (1, 1, 1)}
+    _, records = agg.run(wm(14_999))
+    assert records == [] and orjson.loads(agg.states[b"device:mobile"])["w"]
+    agg.run(wm(15_000))  # end + grace: dropped
+    assert orjson.loads(agg.states[b"device:mobile"])["w"] == {}
+    assert orjson.loads(agg.states[b"device:tablet"])["w"]
+    # restarted from the table: the restored window closes on the watermark alone too
+    restarted = Aggregator(dict(agg.states), dict(agg.members))
+    _, records = restarted.run(wm(19_999))
+    assert records == []
+    _, records = restarted.run(wm(20_000))
+    assert device_rows(records) == {"tablet": (1, 1, 1)}
+    restarted.run(wm(25_000))
+    assert orjson.loads(restarted.states[b"device:tablet"])["w"] == {}
+
+
 def test_late_update_reemits_with_exact_distinct_count_and_a_new_version():
     agg = Aggregator()
     _, first = agg.run(imp(1_000, "u1"), imp(2_000, "u2"), wm(11_000))
