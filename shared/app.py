@@ -18,7 +18,7 @@ from faust import web
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from mode.utils.times import want_seconds
 
-from shared import consumer_rewind
+from shared import consumer_fetch, consumer_rewind
 from shared.batch_output import BatchOutput
 from shared.kafka_batches import murmur2
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # faust's consumer can skip messages after a start or rebalance: see shared/consumer_rewind.py
 consumer_rewind.install()
+# ...and a fetch long-polling for quiet partitions holds back the busy ones: shared/consumer_fetch.py
+consumer_fetch.install()
 
 
 async def ensure_topics(

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     engagement_web_port: int = 6072
     batch_max_events: int = Field(2000, ge=1)
     batch_within_seconds: float = Field(0.02, gt=0)  # see .env.example
+    consumer_fetch_max_wait_ms: int = Field(50, ge=1)  # see shared/consumer_fetch.py
     log_level: str = "info"
     # text (human, coloured on a terminal) | json (one object per line, for log shippers)
     log_format: Literal["text", "json"] = "text"
