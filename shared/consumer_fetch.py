@@ -10,7 +10,8 @@ The next fetch then brings a large chunk, which takes long enough to process tha
 partitions are left out of the following fetch again. At 7,000 events/s live, validate settled
 into that rhythm for the rest of the run: its main thread busy for ~0.5 s, then idle for 0.5-1 s
 with 10-20k events waiting, and readable latency p95 ~4 s. A short wait bounds each such gap; the
-cost is a few more empty fetches per second when a worker has nothing to read.
+cost is more empty fetches when a worker has nothing to read: at 10 events/s, ~1.8% of a core more
+per service (ingest, ctr, engagement, warehouse: 17.2 CPU-s in a minute against 12.9 with 1.5 s).
 """
 
 from __future__ import annotations
