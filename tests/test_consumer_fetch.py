@@ -16,5 +16,7 @@ def test_a_workers_consumer_waits_at_the_broker_as_configured():
         consumer = app.consumer._thread._create_worker_consumer(app.transport)
         return consumer._fetch_max_wait_ms
 
+    # explicit values: a developer's .env may set the variable
     assert asyncio.run(created_consumer_wait(Settings(consumer_fetch_max_wait_ms=75))) == 75
-    assert asyncio.run(created_consumer_wait(Settings())) == 50
+    assert asyncio.run(created_consumer_wait(Settings(consumer_fetch_max_wait_ms=20))) == 20
+    assert Settings.model_fields["consumer_fetch_max_wait_ms"].default == 50
