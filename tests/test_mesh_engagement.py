@@ -213,7 +213,7 @@ def send_killing_engagement_midway(mesh: Mesh, spec: TrafficSpec, messages: list
     half = len(messages) // 2
     sent = asyncio.run(produce(mesh, messages[:half]))
     sql = f"SELECT count() FROM fct_user WHERE {ms('window_start')} >= {spec.start_ms}"
-    wait_for(lambda: mesh.scalar(sql) > 0, 60, "the stream's first windows", interval=0.2)
+    mesh.wait_for(lambda: mesh.scalar(sql) > 0, 60, "the stream's first windows", interval=0.2)
     mesh.stop("engagement", signal.SIGKILL)
     sent += asyncio.run(produce(mesh, messages[half:]))
     mesh.start("engagement")
@@ -229,7 +229,7 @@ def wait_for_oracle(mesh: Mesh, total: Expected, what: str) -> None:
             f"{what}: facts differ from the oracle: {differences(observed(mesh), want)}\n{mesh.diagnostics()}"
         )
     # readouts travel with the experiment windows, possibly in a later warehouse batch
-    wait_for(lambda: check_readouts(mesh, total) is None, 30, f"{what}: readouts", interval=0.5)
+    mesh.wait_for(lambda: check_readouts(mesh, total) is None, 30, f"{what}: readouts", interval=0.5)
 
 
 def test_engagement_facts_equal_the_oracle_per_format_joint_and_across_a_kill_9(mesh_factory):
