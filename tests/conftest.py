@@ -73,3 +73,16 @@ def mesh_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[callable]:
     yield make
     for m in meshes:
         m.stop_all()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """deploy/test.sh reruns a test that timed out, and a rerun that passes leaves only its name in
+    the summary: write why it timed out into the log at once."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.excinfo is not None and "TimeoutError" in call.excinfo.typename:
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"\n[timed out, may be rerun] {item.nodeid} ({report.when}):")
+            reporter.write_line(str(call.excinfo.value)[:4000])
