@@ -56,12 +56,27 @@ class MultiSourceWatermark:
     "Idle" is a claim about one moment: new input may arrive right after it, or the stage that
     made it may die with input arriving behind it. So an idle claim counts only while it is fresh
     (said within MARKER_FRESH_S; idle stages repeat it every second); a stale one makes the
-    source count as active again at its last event time, which holds the watermark there. A
-    marker replayed from the log after a restart is as old as when it was first said."""
+    source count as active again at its last event time, which holds the watermark there.
+
+    Fresh is judged by the log's clock, not the reader's: "now" is the newest "at" read from this
+    partition, plus the time since it was read. A reader that is behind (a backlog, a restart)
+    sees each claim as fresh as it was when it was written, next to the events around it, so it
+    decides what a reader keeping up decided. Judged by the wall clock, every claim read more
+    than MARKER_FRESH_S behind was stale: a join 20 s behind validate held its watermark, and with
+    it every window downstream, until the whole backlog was read. Once the reader has caught up,
+    the log's clock runs on with the wall clock, so a stage that died stops vouching after
+    MARKER_FRESH_S as before."""
 
     expected_sources: int = 0
     sources: dict[str, SourceProgress] = field(default_factory=dict)
     value: int = NEG_INF
+    log_at: float | None = None  # newest "at" read here (upstream wall-clock seconds)
+    log_read_at: float = 0.0  # when it was read (this process's wall clock)
+
+    def now(self) -> float:
+        """The log's clock: where "now" stands in the stream this partition is reading."""
+        t = time.time()
+        return t if self.log_at is None else self.log_at + (t - self.log_read_at)
 
     def observe(
         self, source: str, event_time_ms: int, of: int, idle: bool = False, said_at_ms: int | None = None
@@ -70,6 +85,8 @@ class MultiSourceWatermark:
         prev = self.sources.get(source)
         ts = event_time_ms if prev is None else max(prev.event_time_ms, event_time_ms)
         said_at = said_at_ms / 1000 if said_at_ms is not None else time.time()
+        if self.log_at is None or said_at > self.log_at:
+            self.log_at, self.log_read_at = said_at, time.time()
         self.sources[source] = SourceProgress(ts, idle, said_at)
         return self.recompute()
 
@@ -87,17 +104,19 @@ class MultiSourceWatermark:
         """Every expected source said recently that it has nothing left to read. Not before all
         were heard: right after a restart the first markers are often from empty topics'
         partitions (idle at once), and a source not yet heard from may be draining a backlog."""
-        now = time.time()
+        now = self.now()
         return len(self.sources) >= max(self.expected_sources, 1) and all(
             self._idle(p, now) for p in self.sources.values()
         )
 
     def describe(self) -> dict[str, object]:
         """For the /watermarks views: what this clock waits for, when a window does not close."""
-        now = time.time()
+        now = self.now()
         return {
             "watermark": self.value,
             "expected_sources": self.expected_sources,
+            # how far behind the upstream's markers this reader is (freshness is judged there)
+            "reading_behind_s": round(time.time() - now, 1),
             "sources": {
                 name: {
                     "event_time_ms": p.event_time_ms,
@@ -111,7 +130,7 @@ class MultiSourceWatermark:
     def recompute(self) -> int:
         if len(self.sources) < self.expected_sources:
             return self.value  # a source we have not heard from yet could hold older events
-        now = time.time()
+        now = self.now()
         active = [p.event_time_ms for p in self.sources.values() if not self._idle(p, now)]
         # Every source, idle or not, has sent everything up to its event time, so the minimum over
         # all of them is always safe; leaving the idle ones out only lets it go further. When all

@@ -144,6 +144,27 @@ def test_a_stale_idle_claim_replayed_after_a_restart_holds_the_watermark(monkeyp
     assert fresh.observe("impressions:1", 90_000, of=2, said_at_ms=1_000_000) == 90_000
 
 
+def test_a_reader_far_behind_judges_idle_claims_by_the_logs_clock(monkeypatch):
+    # The join reads 30 s behind validate (a backlog). "clickstream:0 is idle", repeated every
+    # second upstream, was fresh when written next to the impressions' markers: it must not hold
+    # the watermark. Judged by the reader's wall clock, every claim read was 30 s old.
+    clock = [1_000.0]
+    monkeypatch.setattr("shared.watermarks.time.time", lambda: clock[0])
+    wm = MultiSourceWatermark()
+    for i in range(5):
+        said = 970_000 + 1_000 * i
+        wm.observe("clickstream:0", NEG_INF, of=2, idle=True, said_at_ms=said)
+        assert wm.observe("impressions:0", 10_000 * (i + 1), of=2, said_at_ms=said) == 10_000 * (i + 1)
+        clock[0] += 0.05  # read quickly, one after another
+    assert wm.all_idle is False
+    # Caught up, the log's clock runs on with the wall clock: if validate died after its last
+    # claim, the claim goes stale MARKER_FRESH_S later, as it would for a reader keeping up.
+    wm.observe("impressions:0", 60_000, of=2, idle=True, said_at_ms=974_500)
+    assert wm.all_idle
+    clock[0] += 6.0
+    assert not wm.all_idle
+
+
 def test_a_relay_withdraws_an_idle_word_that_went_stale_upstream(monkeypatch):
     # engagement's fan-out repeats "join:0 is idle" every second; if ingest dies, the repeats must
     # stop vouching for it, or engagement would flush windows that ingest's backlog still feeds.
