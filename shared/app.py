@@ -18,7 +18,7 @@ from faust import web
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from mode.utils.times import want_seconds
 
-from shared import consumer_fetch, consumer_rewind
+from shared import consumer_fetch, consumer_rewind, message_handoff
 from shared.batch_output import BatchOutput
 from shared.kafka_batches import murmur2
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 consumer_rewind.install()
 # ...and a fetch long-polling for quiet partitions holds back the busy ones: shared/consumer_fetch.py
 consumer_fetch.install()
+# ...and faust's per-message handoff pays for a lock and a settings lookup: shared/message_handoff.py
+message_handoff.install()
 
 
 async def ensure_topics(
