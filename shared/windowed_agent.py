@@ -72,6 +72,10 @@ class BatchResult:
     replayed: int = 0  # events already applied before a restart: skipped
     # key -> new serialized state, or None to delete; applied by commit_states() after the flush
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    # (partition, window start, window end) of every window the partition's watermark passed in
+    # this batch, whether or not a key had events in it: proof that the partition's keys without
+    # a result for it had none (ctr tells the anomaly service, for campaigns that went silent).
+    passed: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def already_applied(state: KeyState, seq: list[int] | None) -> bool:
@@ -295,6 +299,10 @@ class WindowedAggregation:
                 state["p"] = p
                 result.writes[key] = table_json(state)
         if moved:
+            # From the last pass, or after a restart from the watermark restored: what the worker
+            # before may have reported already is reported again, which proves nothing new.
+            before = c.closed_to if c.closed_to > NEG_INF else c.floor
+            result.passed.extend((p, start, end) for start, end in self.spec.passed(before, wm))
             c.closed_to = wm
             for key, since in list(c.retired.items()):
                 if wm - since > self.retain_ms:

@@ -48,6 +48,17 @@ class WindowSpec:
     def end(self, start_ms: int) -> int:
         return start_ms + self.duration_ms
 
+    def passed(self, before_ms: int, after_ms: int, at_most: int = 1_000) -> list[tuple[int, int]]:
+        """The windows [start, end) a watermark moving from `before_ms` to `after_ms` passed the end
+        of, oldest first: none from an unknown watermark (-inf: a start, or a restart), and the
+        newest `at_most` after a longer jump."""
+        if before_ms <= NEG_INF or after_ms <= before_ms:
+            return []
+        d = self.duration_ms
+        first_end, last_end = (before_ms // d + 1) * d, after_ms - after_ms % d
+        first_end = max(first_end, last_end - (at_most - 1) * d)
+        return [(end - d, end) for end in range(first_end, last_end + 1, d)]
+
     def watermark(self, progress_ms: int) -> int:
         return progress_ms - self.delay_ms if progress_ms > NEG_INF else NEG_INF
 

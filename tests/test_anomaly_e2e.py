@@ -39,7 +39,8 @@ WINDOW_MS = 10_000
 PARTITIONS = 3
 WARMUP_WINDOWS = 6
 # Seed 29 with 4 campaigns: cmp-0000 alone in partition 1; cmp-0001..3 share partition 0, so a
-# silenced cmp-0002 has peers whose windows prove it silent. Every campaign gets >= 250 impressions
+# silenced cmp-0002 has peers whose windows prove it silent, and a silenced cmp-0000 has only
+# ctr's records of the windows its partition closed. Every campaign gets >= 250 impressions
 # and ~100-170 clicks per 10 s window at 130 arrivals/s: a x2 or /2 CTR shift is > 4 sigma.
 SEED, CAMPAIGNS, RATE, CLICK_RATIO = 29, 4, 130.0, 0.3
 # Windows 0..N-1 are judged. The stream runs from 5 s before window 0 (a partial first window,
@@ -383,6 +384,8 @@ def test_injected_anomalies_are_flagged_and_alerted_once(mesh_factory: Any, slac
         [
             ("ctr", "cmp-0003", 7, 10, 2.0),
             ("traffic_drop", "cmp-0002", 7, 10, 0.0),  # silent: windows 8 and 9 are synthetic
+            # alone in its partition: ctr's closed-window records prove its silence
+            ("traffic_drop", "cmp-0000", 8, 11, 0.0),
             ("ctr", "cmp-0001", 9, 12, 0.5),
         ]
     )

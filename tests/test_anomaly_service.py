@@ -120,9 +120,42 @@ def test_silent_campaign_gets_zero_windows_while_its_peers_advance() -> None:
     assert events[-1]["resolves"] == events[0]["incident_id"]
 
 
-def test_a_campaign_alone_in_its_partition_gets_no_zero_windows() -> None:
+def test_without_closed_windows_a_campaign_alone_in_its_partition_gets_no_zero_windows() -> None:
+    # Another partition's windows prove nothing about partition 0.
     m = monitor()
     records = rounds(["a"], 0, 8) + [(1, window("c", i)) for i in range(0, 20)]
+    assert observe_all(m, records) == []
+
+
+def closed(partition: int, i: int) -> tuple[int, dict[str, Any]]:
+    """ctr's record that its partition closed window i (after the window's results)."""
+    start = T0 + i * W
+    rec = {"kind": "window_closed", "partition": partition, "window_start": start, "window_end": start + W}
+    return partition, rec
+
+
+def test_a_campaign_alone_in_its_partition_that_goes_silent_gets_zero_windows() -> None:
+    # ctr reports every window its partition closed, so silence is proven with no peer around.
+    m = monitor()
+    records = [r for i in range(0, 9) for r in (*rounds(["a"], i, i), closed(0, i))]
+    assert observe_all(m, records) == []
+    events = observe_all(m, [closed(0, i) for i in range(9, 13)])  # "a" stopped; time goes on
+    assert [(e["key"], e["kind"], e["window_start"], e["observed"]) for e in events] == [
+        ("a", "traffic_drop", T0 + 9 * W, 0),
+        ("a", "traffic_drop", T0 + 10 * W, 0),
+    ]
+    # Back at window 13: the closed, unsettled windows 11 and 12 are filled first.
+    events = observe_all(m, rounds(["a"], 13, 13))
+    assert [(e["kind"], e["window_start"]) for e in events] == [
+        ("traffic_drop", T0 + 11 * W),
+        ("traffic_drop", T0 + 12 * W),
+        ("resolved", T0 + 13 * W),
+    ]
+
+
+def test_closed_windows_of_a_partition_with_steady_campaigns_raise_nothing() -> None:
+    m = monitor()
+    records = [r for i in range(0, 30) for r in (*rounds(["a", "b"], i, i), closed(0, i))]
     assert observe_all(m, records) == []
 
 

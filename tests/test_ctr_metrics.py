@@ -1,4 +1,8 @@
-from services.ctr.metrics import contribution, ctr_result, shift_latest
+import orjson
+
+from services.ctr.metrics import contribution, ctr_result, shift_latest, window_closed
+from services.warehouse.sinks import Message, sinks_for
+from shared.topics import TopicNames
 from shared.windows import Emit
 
 
@@ -30,3 +34,12 @@ def test_latest_and_previous_whatever_the_order():
     assert s["previous"]["version"] == 2 and s["latest"]["window_start"] == 120
     s = shift_latest(s, r(0))  # older than both: ignored
     assert (s["latest"]["window_start"], s["previous"]["window_start"]) == (120, 60)
+
+
+def test_the_warehouse_stores_results_and_skips_closed_window_records():
+    sink = sinks_for(TopicNames(""))["ctr-metrics"]
+    result = ctr_result(Emit("c1", 0, 10_000, 1, [100, 3, 500_000]))
+    table, row = sink.route(Message("ctr-metrics", 0, 0, b"c1", orjson.dumps(result), {}, 0))
+    assert table == "fct_campaign_ctr" and row[:5] == ["c1", 0, 10_000, 100, 3]
+    closed = orjson.dumps(window_closed(0, 0, 10_000))
+    assert sink.route(Message("ctr-metrics", 0, 1, b"\x00watermark:0:0", closed, {}, 0)) is None

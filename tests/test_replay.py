@@ -89,3 +89,26 @@ def test_restored_windows_close_even_if_the_first_batch_runs_while_the_rebalance
     owned.add(0)
     later = restarted.process(batch(marker(30_000)), contribute)
     assert first.emits == [] and [(e.start_ms, e.aggregate[0]) for e in later.emits] == [(0, 1)]
+
+
+def test_every_window_the_watermark_passes_is_reported_with_or_without_events():
+    # The anomaly service learns from these that a partition's silent campaigns had no events.
+    w = WindowedAggregation({}, SPEC, idle_timeout_s=60, partitions=1)
+    first = w.process(batch(imp(1_000, 1), marker(2_000)), contribute)
+    assert first.passed == []  # the watermark was unknown before: nothing proven yet
+    w.commit_states(first)
+    r = w.process(batch(marker(35_000)), contribute)  # no event: windows 0, 10 and 20 s closed
+    assert [(e.start_ms, e.aggregate[0]) for e in r.emits] == [(0, 1)]
+    assert r.passed == [(0, 0, 10_000), (0, 10_000, 20_000), (0, 20_000, 30_000)]
+    assert w.process(batch(marker(39_999)), contribute).passed == []  # no end passed
+    assert w.process(batch(marker(40_000)), contribute).passed == [(0, 30_000, 40_000)]
+
+
+def test_after_a_restart_windows_are_reported_from_the_restored_watermark():
+    table: dict[bytes, bytes] = {}
+    w = WindowedAggregation(table, SPEC, idle_timeout_s=60, partitions=1)
+    w.commit_states(w.process(batch(imp(1_000, 1), marker(2_000)), contribute))
+    w.commit_states(w.process(batch(marker(25_000)), contribute))  # closed up to 20 s, then a crash
+    restarted = WindowedAggregation(dict(table), SPEC, idle_timeout_s=60, partitions=1)
+    r = restarted.process(batch(marker(2_000), marker(41_000)), contribute)
+    assert r.passed == [(0, 20_000, 30_000), (0, 30_000, 40_000)]

@@ -139,11 +139,16 @@ class CtrMonitor:
 
     def observe(self, partition: int, window: dict[str, Any]) -> list[Event]:
         """One ctr-metrics record -> the events of it and of the silent windows it proves."""
-        campaign_id = str(window["campaign_id"])
-        key = campaign_id.encode()
         start, end = int(window["window_start"]), int(window["window_end"])
         pkey = partition_key("anomaly-progress", partition, self.partitions)
         progress = PartitionProgress.from_json(self.progress.get(pkey))
+        if window.get("kind") == "window_closed":
+            # ctr closed the window in this partition: as good as a result, for proving silence.
+            events = self._settle(partition, progress, start, end)
+            self.progress.put(pkey, progress.to_json())
+            return events
+        campaign_id = str(window["campaign_id"])
+        key = campaign_id.encode()
         entry = self.campaigns.get(key) or {"d": None, "e": None}
         entry["p"] = partition
         self.members(partition).add(key)
@@ -153,7 +158,14 @@ class CtrMonitor:
             for s, e in progress.skipped(entry["d"]["last"], start):
                 events += feed(self.campaigns, key, entry, silent_window(campaign_id, s, e), self._step)
         events += feed(self.campaigns, key, entry, window, self._step)
+        events += self._settle(partition, progress, start, end)
+        self.progress.put(pkey, progress.to_json())
+        return events
 
+    def _settle(self, partition: int, progress: PartitionProgress, start: int, end: int) -> list[Event]:
+        """Window [start, end) closed in the partition: the synthetic windows of the campaigns
+        that had no events in the windows this settles."""
+        events: list[Event] = []
         for s, e in progress.advance(start, end, self.silence_lag):
             for member in sorted(self.members(partition)):  # sorted: the same order on every replay
                 other = self.campaigns.get(member)
@@ -161,7 +173,6 @@ class CtrMonitor:
                     continue
                 silent = silent_window(member.decode(), s, e)
                 events += feed(self.campaigns, member, other, silent, self._step)
-        self.progress.put(pkey, progress.to_json())
         return events
 
     def commit(self) -> None:

@@ -25,9 +25,13 @@ Deterministic: decisions depend only on the order of records within the partitio
 wall clock or on batch boundaries, and this progress is changelogged with the campaign states, so
 a replay after a restart decides the same way.
 
-What it does not do: a campaign alone in its partition, or a partition whose campaigns all go
-quiet at once, gets no synthetic windows. Nobody advances, so nothing proves the windows closed:
-that looks like an idle or stalled pipeline, not like one campaign losing its traffic.
+ctr also sends, after the results of every window a partition's watermark passed, a
+"window_closed" record for it (services/ctr/metrics.py). It advances the partition's progress like
+a result does, so a campaign alone in its partition, or a partition whose campaigns all went quiet
+at once, gets synthetic windows too. Only while event time moves on somewhere: with no event in
+the whole pipeline the watermark stays where it is, no window closes, and nothing is proven (an
+idle or stalled pipeline is not a traffic drop). After a restart, ctr reports from the watermark
+it restored, so windows that closed across the restart are reported too (some twice, harmlessly).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from services.ctr.app import app, settings
-from services.ctr.metrics import contribution, ctr_result, shift_latest
+from services.ctr.metrics import contribution, ctr_result, shift_latest, window_closed
 from shared import metrics as mesh_metrics
 from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
@@ -17,7 +17,7 @@ from shared.bundles import unbundle
 from shared.event_batches import event_batches
 from shared.topics import canonical_key, topic_names
 from shared.watermarks import MARKER_KIND
-from shared.windowed_agent import BatchResult, WindowedAggregation
+from shared.windowed_agent import BatchResult, WindowedAggregation, watermark_key
 from shared.windows import WindowSpec, sum_into
 
 topics = topic_names(settings)
@@ -60,13 +60,24 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
     # service decides that a campaign had no events in a window from the order of results in a
     # partition (services/anomaly/silence.py), and a close pass that covers many windows at once
     # (a backlog drained fast) must not list campaign A's later windows before B's earlier ones.
-    for emit in sorted(result.emits, key=lambda e: (e.start_ms, e.key)):
+    # Each window the partition's watermark passed follows its results: "window closed" proves
+    # that the partition's campaigns without a result had no events in it, also when none had.
+    ordered = sorted(
+        [((e.start_ms, 0, e.key), e) for e in result.emits]
+        + [((s, 1, str(p)), window_closed(p, s, e)) for p, s, e in result.passed],
+        key=lambda x: x[0],
+    )
+    for _, item in ordered:
+        if isinstance(item, dict):
+            key = watermark_key(item["partition"], PARTITIONS)  # lands in that partition itself
+            await out.send(topics.ctr_metrics, key, orjson.dumps(item))
+            continue
         mesh_metrics.window_emit_lag.labels("ctr").observe(
-            max(now_ms - emit.end_ms - spec.delay_ms, 0) / 1000
+            max(now_ms - item.end_ms - spec.delay_ms, 0) / 1000
         )
-        metrics = ctr_result(emit)
+        metrics = ctr_result(item)
         latest.append(metrics)
-        await out.send(topics.ctr_metrics, emit.key.encode(), orjson.dumps(metrics))
+        await out.send(topics.ctr_metrics, item.key.encode(), orjson.dumps(metrics))
     await out.flush()
     await windows.write_states(result, out)
     for row in latest:

@@ -39,6 +39,17 @@ def ctr_result(emit: Emit) -> dict[str, Any]:
     }
 
 
+WINDOW_CLOSED = "window_closed"
+
+
+def window_closed(partition: int, start_ms: int, end_ms: int) -> dict[str, Any]:
+    """ctr-metrics' other record: ctr's partition `partition` closed window [start, end), so its
+    campaigns without a result for that window had no events in it. Sent after the window's
+    results, to the same ctr-metrics partition; the anomaly service turns it into zero-traffic
+    windows for campaigns that went silent (services/anomaly/silence.py), the warehouse skips it."""
+    return {"kind": WINDOW_CLOSED, "partition": partition, "window_start": start_ms, "window_end": end_ms}
+
+
 def shift_latest(current: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
     """Keep a campaign's latest closed window and the one before it, whatever order results come in."""
     latest = (current or {}).get("latest")

@@ -58,8 +58,10 @@ def _json(m: Message) -> dict[str, Any]:
     return orjson.loads(m.value)
 
 
-def ctr_row(m: Message) -> Row:
+def ctr_row(m: Message) -> Row | None:
     r = _json(m)
+    if r.get("kind") == "window_closed":  # ctr's "no other campaign had events": not a result
+        return None
     return [
         r["campaign_id"],
         r["window_start"],
