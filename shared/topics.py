@@ -7,6 +7,10 @@ from typing import Any
 
 from shared.settings import Settings, get_settings
 
+# ctr-metrics carries campaign windows and, after them, records of this kind: "ctr's partition p
+# closed this window" (written by ctr, read by anomaly, skipped by the warehouse).
+WINDOW_CLOSED = "window_closed"
+
 
 def canonical_key(rec: dict[str, Any]) -> bytes:
     """A canonical event's key: its campaign for ctr; clickstream events have none and go by user.

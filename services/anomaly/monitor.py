@@ -23,6 +23,7 @@ import orjson
 from services.anomaly.detectors import CtrConfig, Event, SalesConfig, State, ctr_step, sales_step
 from services.anomaly.silence import PartitionProgress
 from shared.app import key_partition, table_json
+from shared.topics import WINDOW_CLOSED
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class CtrMonitor:
         start, end = int(window["window_start"]), int(window["window_end"])
         pkey = partition_key("anomaly-progress", partition, self.partitions)
         progress = PartitionProgress.from_json(self.progress.get(pkey))
-        if window.get("kind") == "window_closed":
+        if window.get("kind") == WINDOW_CLOSED:
             # ctr closed the window in this partition: as good as a result, for proving silence.
             events = self._settle(partition, progress, start, end)
             self.progress.put(pkey, progress.to_json())

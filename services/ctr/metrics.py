@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from shared.topics import WINDOW_CLOSED
 from shared.windows import Emit
 
 IMPRESSIONS, CLICKS, COST_MICROS = 0, 1, 2
@@ -37,9 +38,6 @@ def ctr_result(emit: Emit) -> dict[str, Any]:
         "version": emit.version,
         "emitted_at_ms": int(time.time() * 1000),
     }
-
-
-WINDOW_CLOSED = "window_closed"
 
 
 def window_closed(partition: int, start_ms: int, end_ms: int) -> dict[str, Any]:

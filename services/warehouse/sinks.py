@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from shared.topics import TopicNames
+from shared.topics import WINDOW_CLOSED, TopicNames
 
 Row = list[Any]
 
@@ -60,7 +60,7 @@ def _json(m: Message) -> dict[str, Any]:
 
 def ctr_row(m: Message) -> Row | None:
     r = _json(m)
-    if r.get("kind") == "window_closed":  # ctr's "no other campaign had events": not a result
+    if r.get("kind") == WINDOW_CLOSED:  # ctr's "no other campaign had events": not a result
         return None
     return [
         r["campaign_id"],
