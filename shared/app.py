@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from typing import Any
 
 import faust
@@ -113,6 +114,17 @@ def raw_schema() -> faust.Schema:
 def key_partition(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), as producers use it for keyed messages."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@cache
+def partition_key(name: str, partition: int, partitions: int) -> bytes:
+    """b"\x00<name>:<partition>:<n>" with the first n that lands in `partition` itself: a table key
+    (KeyedTable partitions by the key's hash) restored by the worker that owns that partition, or a
+    message key that reaches it. "\x00" cannot start a real key: those are ids and names."""
+    n = 0
+    while key_partition(f"\x00{name}:{partition}:{n}".encode(), partitions) != partition:
+        n += 1
+    return f"\x00{name}:{partition}:{n}".encode()
 
 
 def table_json(value: Any) -> bytes:

@@ -20,12 +20,11 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import orjson
 
-from shared.app import key_partition, table_json
+from shared.app import partition_key, table_json
 from shared.batch_output import BatchOutput
 from shared.watermarks import NEG_INF, MultiSourceWatermark
 from shared.windows import Emit, KeyState, Placement, WindowSpec, add, close, latest_open_end, new_state
@@ -54,14 +53,10 @@ class PartitionClock:
 WATERMARK_KEY_PREFIX = b"\x00watermark:"  # cannot start a real key: they are ids and names
 
 
-@cache
 def watermark_key(partition: int, partitions: int) -> bytes:
-    """A table key that lands in `partition` itself, to persist that partition's watermark where
-    the worker owning the partition restores it."""
-    n = 0
-    while key_partition(WATERMARK_KEY_PREFIX + f"{partition}:{n}".encode(), partitions) != partition:
-        n += 1
-    return WATERMARK_KEY_PREFIX + f"{partition}:{n}".encode()
+    """The table key that persists `partition`'s watermark where the worker owning the partition
+    restores it (it starts with WATERMARK_KEY_PREFIX)."""
+    return partition_key("watermark", partition, partitions)
 
 
 @dataclass

@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 
 from services.anomaly.detectors import CtrConfig, SalesConfig
-from services.anomaly.monitor import CtrMonitor, SalesMonitor, open_incidents, partition_key
+from services.anomaly.monitor import CtrMonitor, SalesMonitor, open_incidents
 from services.anomaly.silence import PartitionProgress
-from shared.app import key_partition
+from shared.app import key_partition, partition_key
 
 W = 10_000
 T0 = 1_700_000_000_000

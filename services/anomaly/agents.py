@@ -32,7 +32,7 @@ engagement_topic = app.topic(topics.engagement_metrics, partitions=PARTITIONS, s
 # campaign_id -> {"d": detector state, "e": open incident's latest event, "p": partition}; keyed
 # like ctr-metrics, so a campaign's state lives in the partition that owns its windows.
 campaign_states = keyed_table(app, "anomaly_campaigns", PARTITIONS)
-# one key per partition (see monitor.partition_key) -> that partition's live windows (silence.py)
+# one key per partition (see shared.app.partition_key) -> that partition's live windows (silence.py)
 partition_progress = keyed_table(app, "anomaly_partitions", PARTITIONS)
 # item_id -> {"d", "e"}; co-partitioned with engagement-metrics if that topic is keyed by item_id.
 item_states = keyed_table(app, "anomaly_items", PARTITIONS)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, MutableMapping
-from functools import cache
 from typing import Any
 
 import orjson
 
 from services.anomaly.detectors import CtrConfig, Event, SalesConfig, State, ctr_step, sales_step
 from services.anomaly.silence import PartitionProgress
-from shared.app import key_partition, table_json
+from shared.app import partition_key, table_json
 from shared.topics import WINDOW_CLOSED
 
 log = logging.getLogger(__name__)
@@ -93,16 +92,6 @@ def feed(
         entry["e"] = event
     states.put(key, entry)
     return [event] if event is not None else []
-
-
-@cache
-def partition_key(name: str, partition: int, partitions: int) -> bytes:
-    """A table key that lands in `partition` itself (KeyedTable partitions by the key's hash), so a
-    partition's progress is restored by the worker that owns that partition's campaigns."""
-    n = 0
-    while key_partition(f"\x00{name}:{partition}:{n}".encode(), partitions) != partition:
-        n += 1
-    return f"\x00{name}:{partition}:{n}".encode()
 
 
 class CtrMonitor:

@@ -11,13 +11,13 @@ import orjson
 from services.ctr.app import app, settings
 from services.ctr.metrics import contribution, ctr_result, shift_latest, window_closed
 from shared import metrics as mesh_metrics
-from shared.app import keyed_table, owned_partitions, raw_schema, table_json
+from shared.app import keyed_table, owned_partitions, partition_key, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.bundles import unbundle
 from shared.event_batches import event_batches
 from shared.topics import canonical_key, topic_names
 from shared.watermarks import MARKER_KIND
-from shared.windowed_agent import BatchResult, WindowedAggregation, watermark_key
+from shared.windowed_agent import BatchResult, WindowedAggregation
 from shared.windows import WindowSpec, sum_into
 
 topics = topic_names(settings)
@@ -69,7 +69,7 @@ async def publish(out: BatchOutput, result: BatchResult) -> None:
     )
     for _, item in ordered:
         if isinstance(item, dict):
-            key = watermark_key(item["partition"], PARTITIONS)  # lands in that partition itself
+            key = partition_key("window-closed", item["partition"], PARTITIONS)  # reaches partition p
             await out.send(topics.ctr_metrics, key, orjson.dumps(item))
             continue
         mesh_metrics.window_emit_lag.labels("ctr").observe(
