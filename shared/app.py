@@ -243,6 +243,8 @@ class MeshApp(faust.App):
 
     mesh_settings: Settings
     service: str = ""
+    # consumers a service runs besides faust's (ingest's raw reader): their lag is on /metrics too
+    direct_consumers: list[Any]
 
     def on_init_dependencies(self) -> Iterable[Any]:
         deps = super().on_init_dependencies()
@@ -330,6 +332,7 @@ def make_app(
     )
     app.mesh_settings = settings
     app.service = service
+    app.direct_consumers = []
     app.sensors.add(PrometheusSensor(service))
     add_health_views(app, service)
     return app

@@ -1,8 +1,9 @@
 """Prometheus metrics every service exposes on GET /metrics (one registry per process).
 
-Messages in are counted by a faust sensor (a cached child per topic), messages out per batch when
-the batch's sends are acknowledged. The consumer lag gauge is computed when scraped (end offsets
-vs. positions of the assigned partitions).
+Messages in are counted by a faust sensor (a cached child per topic; ingest's raw reader counts
+its own), messages out per batch when the batch's sends are acknowledged. The consumer lag gauge is
+computed when scraped (end offsets vs. positions of the assigned partitions, of faust's consumer
+and of any a service runs besides it).
 """
 
 from __future__ import annotations
@@ -73,16 +74,16 @@ def count_topics(counter: PromCounter, service: str, topics: Iterable[str]) -> N
 
 
 async def refresh_consumer_lag(app: Any, service: str) -> None:
-    consumer = app.consumer
-    tps = list(consumer.assignment())
-    if not tps:
-        return
-    ends = await consumer.highwaters(*tps)
-    for tp in tps:
-        position = await consumer.position(tp)
-        end = ends.get(tp)
-        if end is not None and position is not None:
-            consumer_lag.labels(service, tp.topic, str(tp.partition)).set(max(end - position, 0))
+    for consumer in [app.consumer, *getattr(app, "direct_consumers", [])]:
+        tps = list(consumer.assignment())
+        if not tps:
+            continue
+        ends = await consumer.highwaters(*tps)
+        for tp in tps:
+            position = await consumer.position(tp)
+            end = ends.get(tp)
+            if end is not None and position is not None:
+                consumer_lag.labels(service, tp.topic, str(tp.partition)).set(max(end - position, 0))
 
 
 def exposition() -> tuple[bytes, str]:

@@ -20,10 +20,13 @@ from faust.types import TP
 
 
 class SourceActivity:
+    """`consumer`: what reads the topics; it answers `assignment()`, `await highwaters(*tps)` and
+    `committed_offset(tp)` (services.ingest.raw_reader.RawReader)."""
+
     def __init__(
-        self, app: Any, topics: Iterable[str], quiet_s: float = 10.0, never_active_quiet_s: float = 1.0
+        self, consumer: Any, topics: Iterable[str], quiet_s: float = 10.0, never_active_quiet_s: float = 1.0
     ) -> None:
-        self.app = app
+        self.consumer = consumer
         self.topics = set(topics)
         self.quiet_s = quiet_s
         self.never_active_quiet_s = min(never_active_quiet_s, quiet_s)
@@ -44,7 +47,7 @@ class SourceActivity:
     async def idle_partitions(self) -> list[tuple[TP, float | None]]:
         """(partition, when it was last read from) for each idle one; check `still_idle` before
         acting on the answer if messages may have been processed during the broker round trip."""
-        consumer = self.app.consumer
+        consumer = self.consumer
         tps = [tp for tp in consumer.assignment() if tp.topic in self.topics]
         if not tps:
             return []
@@ -60,7 +63,7 @@ class SourceActivity:
             if done is None:
                 # Nothing processed since start: idle only if everything was processed and
                 # committed before (not merely fetched: a fetched message may sit in a buffer).
-                done = consumer._committed_offset.get(tp) or 0
+                done = consumer.committed_offset(tp) or 0
             end = ends.get(tp)
             if end is not None and done is not None and done >= end:
                 idle.append((tp, active_at))

@@ -12,7 +12,8 @@ from collections import Counter
 from typing import Any
 
 import orjson
-from faust.types import EventT
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from services.ingest.app import app, settings
 from services.ingest.formats import (
@@ -24,6 +25,7 @@ from services.ingest.formats import (
     parse_impression,
 )
 from services.ingest.join import Outcome, Record, expire, mark_applied, new_entry, on_event, replayed
+from services.ingest.raw_reader import RawReader
 from shared import metrics
 from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 topics = topic_names(settings)
 limits = Limits.from_settings(settings)
 PARTITIONS = settings.topic_partitions
-raw_topic = app.topic(*topics.raw_sources(), schema=raw_schema())
 by_key_topic = app.topic(topics.by_event_key, partitions=PARTITIONS, schema=raw_schema())
 
 PARSERS = {
@@ -55,6 +56,7 @@ SOURCE_NAMES = {
 }
 RAW_SOURCE_PARTITIONS = len(PARSERS) * PARTITIONS
 IDLE_CHECK_S = 0.5  # how often raw partitions are checked for "nothing left to read"
+VALIDATE_RESTART_S = 1.0
 
 join_state = keyed_table(app, "join_state", PARTITIONS)  # key: impression_id
 
@@ -62,40 +64,74 @@ join_state = keyed_table(app, "join_state", PARTITIONS)  # key: impression_id
 outcomes: Counter[str] = Counter()
 
 
-def src_of(event: EventT) -> str:
-    m = event.message
-    return f"{m.topic}:{m.partition}:{m.offset}"
-
-
-def dead_letter_headers(event: EventT, err: Rejected) -> list[tuple[str, bytes]]:
-    m = event.message
+def dead_letter_headers(record: ConsumerRecord, err: Rejected) -> list[tuple[str, bytes]]:
     return [
         ("dlq.reason", err.reason.encode()),
         ("dlq.detail", err.detail.encode("utf-8", "replace")[:500]),
-        ("dlq.topic", m.topic.encode()),
-        ("dlq.partition", str(m.partition).encode()),
-        ("dlq.offset", str(m.offset).encode()),
+        ("dlq.topic", record.topic.encode()),
+        ("dlq.partition", str(record.partition).encode()),
+        ("dlq.offset", str(record.offset).encode()),
         ("dlq.stage", b"ingest"),
     ]
 
 
-raw_activity = SourceActivity(
-    app, topics.raw_sources(), settings.source_idle_timeout_ms / 1000, never_active_quiet_s=0.0
+async def claim_raw_partitions(assigned: set[TopicPartition]) -> None:
+    """Before reading raw partitions it has just been given, say that they are active: an idle
+    claim by their previous reader (that died, or left) may still look fresh downstream while
+    input has arrived behind it. Idle ones are marked idle again before the first batch's events
+    go on (or at the timer's next tick). Runs inside the raw reader's rebalance, under its lock
+    (validate_lock)."""
+    raw_activity.unchecked = True
+    out = BatchOutput(app)
+    for tp in sorted(assigned):
+        source = f"{tp.topic}:{tp.partition}"
+        progress = raw_progress.get(source, NEG_INF)
+        await out.broadcast_marker(topics.by_event_key, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS)
+    await out.flush()
+
+
+# The raw topics bypass faust's per-message path (services/ingest/raw_reader.py); the faust group
+# that read them before keeps the offsets a first start begins from.
+raw_reader = RawReader(
+    settings, topics.raw_sources(), f"{app.conf.id}-raw", app.conf.id, on_assigned=claim_raw_partitions
 )
+raw_activity = SourceActivity(
+    raw_reader, topics.raw_sources(), settings.source_idle_timeout_ms / 1000, never_active_quiet_s=0.0
+)
+app.direct_consumers.append(raw_reader)  # its lag on /metrics
 raw_progress: dict[str, int] = {}  # raw source partition -> max valid event time
-validate_lock = asyncio.Lock()  # a batch and the idle-marker timer must not interleave
+# A validate batch, the idle-marker timer and a raw rebalance must not interleave.
+validate_lock = raw_reader.lock
 # A join batch and the marker repeats must not interleave either: a batch's events wait in their
 # per-partition batches until its flush, and a repeated "idle" must not overtake them.
 join_lock = asyncio.Lock()
 
 
-@app.agent(raw_topic)
-async def validate(stream: Any) -> None:
+@app.task
+async def validate() -> None:
+    """Runs for the worker's life; a failure restarts the reader (as faust restarts a crashed
+    agent): the batch that failed was not committed and is read again."""
+    while not app.should_stop:
+        try:
+            await raw_reader.start()
+            await validate_batches()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("validate failed; restarting the raw reader in %.0f s", VALIDATE_RESTART_S)
+            await asyncio.sleep(VALIDATE_RESTART_S)
+        finally:
+            await raw_reader.stop()
+
+
+async def validate_batches() -> None:
     out = BatchOutput(app)
     by_key = Bundler(topics.by_event_key, PARTITIONS)
     progress = raw_progress
-    async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
+    async for batch in raw_reader.batches(settings.batch_max_events, settings.batch_within_seconds):
         async with validate_lock:
+            if batch.stale:
+                continue
             if raw_activity.unchecked:
                 # First batch since an assignment: say which partitions are empty before any event
                 # goes on, not at the timer's next tick. Until the join has heard every source
@@ -104,18 +140,17 @@ async def validate(stream: Any) -> None:
                 raw_activity.unchecked = False
                 await send_idle_markers(out, [tp for tp, _ in await raw_activity.idle_partitions()])
             touched: set[str] = set()
-            for event in events:
-                m = event.message
-                raw_activity.processed(m.tp, m.offset)
+            for m in batch.records:
+                raw_activity.processed(TopicPartition(m.topic, m.partition), m.offset)
                 try:
-                    rec = PARSERS[m.topic](event.value, limits)
+                    rec = PARSERS[m.topic](m.value, limits)
                 except Rejected as err:
                     outcomes[f"dead_letter:{err.reason}"] += 1
                     metrics.dead_lettered.labels("ingest", err.reason).inc()
-                    headers = dead_letter_headers(event, err)
-                    await out.send(topics.dead_letters, m.key, event.value or b"", headers=headers)
+                    headers = dead_letter_headers(m, err)
+                    await out.send(topics.dead_letters, m.key, m.value or b"", headers=headers)
                     continue
-                rec["src"] = src_of(event)
+                rec["src"] = f"{m.topic}:{m.partition}:{m.offset}"
                 rec["source"] = SOURCE_NAMES[m.topic]
                 source = f"{m.topic}:{m.partition}"
                 if rec["ts"] > progress.get(source, NEG_INF):
@@ -132,6 +167,9 @@ async def validate(stream: Any) -> None:
                     topics.by_event_key, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
                 )
             await out.flush()
+            # Only now, with everything the batch produced acknowledged.
+            await raw_reader.commit(batch.records)
+            metrics.count_topics(metrics.events_in, "ingest", (m.topic for m in batch.records))
 
 
 @app.timer(interval=IDLE_CHECK_S)
@@ -140,9 +178,9 @@ async def mark_idle_sources() -> None:
     (often enough that an empty source topic does not hold the watermark while a backlog drains).
 
     The end offsets are asked for outside validate's lock: that round trip can wait up to a
-    fetch's long poll (500 ms) behind the consumer's fetch on the same connection, and validate
-    must not wait with it (measured: it halved ingest's rate once most fetches came back empty).
-    A partition validate read from in the meantime is left for the next check."""
+    fetch's long poll behind the consumer's fetch on the same connection, and validate must not
+    wait with it (measured: it halved ingest's rate once most fetches came back empty). A
+    partition validate read from in the meantime is left for the next check."""
     candidates = await raw_activity.idle_partitions()
     if not candidates:
         return
@@ -301,25 +339,6 @@ async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
 @app.on_partitions_assigned.connect
 async def reindex_after_assignment(app: Any, assigned: Any, **kwargs: Any) -> None:
     await reindex_after_rebalance(app)
-    await claim_raw_partitions(assigned)
-
-
-async def claim_raw_partitions(assigned: Any) -> None:
-    """Before reading raw partitions it has just been given, say that they are active: an idle
-    claim by their previous reader (that died, or left) may still look fresh downstream while
-    input has arrived behind it. Idle ones are marked idle again before the first batch's events
-    go on (or at the timer's next tick)."""
-    raw_activity.unchecked = True
-    raw = set(topics.raw_sources())
-    out = BatchOutput(app)
-    async with validate_lock:
-        for tp in sorted(tp for tp in assigned if tp.topic in raw):
-            source = f"{tp.topic}:{tp.partition}"
-            progress = raw_progress.get(source, NEG_INF)
-            await out.broadcast_marker(
-                topics.by_event_key, PARTITIONS, source, progress, RAW_SOURCE_PARTITIONS
-            )
-        await out.flush()
 
 
 @app.on_rebalance_complete.connect

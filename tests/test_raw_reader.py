@@ -1,0 +1,122 @@
+"""services.ingest.raw_reader: ingest reads its raw topics with aiokafka's consumer directly, in its
+own consumer group. On the real broker: where it starts (faust's group's commits on a first start,
+its own after), what it commits; and, pure, how a batch is shared out among partitions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
+
+from services.ingest.raw_reader import RawReader
+from shared.app import ensure_topics
+from shared.settings import Settings
+
+
+async def read_all(reader: RawReader, expected: int, timeout_s: float = 30.0) -> list[ConsumerRecord]:
+    """Batches until `expected` records came, each committed as ingest does (under the lock)."""
+    got: list[ConsumerRecord] = []
+
+    async def run() -> None:
+        async for batch in reader.batches(max_records=4, within_s=0.05):
+            async with reader.lock:
+                if batch.stale:
+                    continue
+                got.extend(batch.records)
+                await reader.commit(batch.records)
+            if len(got) >= expected:
+                return
+
+    await asyncio.wait_for(run(), timeout_s)
+    return got
+
+
+def test_starts_where_faust_left_off_then_from_its_own_commits(kafka_bootstrap):
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_partitions=2)
+    topic = f"t{uuid.uuid4().hex[:8]}-raw"
+    legacy, group = f"{topic}-faust", f"{topic}-faust-raw"
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+
+    async def produce(n_per_partition: int) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for i in range(n_per_partition):
+                for p in (0, 1):
+                    await producer.send_and_wait(topic, f"{p}-{i}".encode(), partition=p)
+        finally:
+            await producer.stop()
+
+    async def committed(group_id: str) -> dict[TopicPartition, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group_id, partitions=[p0, p1])
+            return {tp: o.offset for tp, o in offsets.items()}
+        finally:
+            await admin.close()
+
+    async def scenario() -> None:
+        await ensure_topics(settings, [topic])
+        await produce(10)
+        # faust's group had read partition 0 up to offset 4 and partition 1 up to 7
+        old = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=legacy, enable_auto_commit=False)
+        await old.start()
+        old.assign([p0, p1])
+        await old.commit({p0: 4, p1: 7})
+        await old.stop()
+
+        assigned: list[set[TopicPartition]] = []
+
+        async def on_assigned(tps: set[TopicPartition]) -> None:
+            assigned.append(set(tps))
+
+        reader = RawReader(settings, [topic], group, legacy, on_assigned)
+        await reader.start()
+        try:
+            first = await read_all(reader, expected=6 + 3)
+        finally:
+            await reader.stop()
+        assert assigned and assigned[-1] == {p0, p1}
+        assert sorted(r.offset for r in first if r.partition == 0) == list(range(4, 10))
+        assert sorted(r.offset for r in first if r.partition == 1) == list(range(7, 10))
+        assert await committed(group) == {p0: 10, p1: 10}
+
+        # Started again: its own commits, not faust's group's (still at 4 and 7), say where.
+        await produce(1)
+        reader = RawReader(settings, [topic], group, legacy, on_assigned)
+        await reader.start()
+        try:
+            again = await read_all(reader, expected=2)
+        finally:
+            await reader.stop()
+        assert sorted((r.partition, r.offset) for r in again) == [(0, 10), (1, 10)]
+        assert await committed(legacy) == {p0: 4, p1: 7}
+
+    asyncio.run(scenario())
+
+
+def record(p: int, offset: int) -> ConsumerRecord:
+    return ConsumerRecord("raw", p, offset, 0, 0, None, b"", None, 0, 1, [])
+
+
+def test_a_batch_is_shared_out_among_the_partitions_in_offset_order():
+    reader = RawReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
+    for p, n in ((0, 10), (1, 3), (2, 10)):
+        reader._pending[TopicPartition("raw", p)] = [record(p, o) for o in range(n)]
+        reader._pending_count += n
+
+    first = reader._take(9)
+    # 3 from each: partition 0 does not go first with 9 of its own (the join's watermark would
+    # wait for partitions 1 and 2 meanwhile)
+    assert [(r.partition, r.offset) for r in first] == [(p, o) for p in (0, 1, 2) for o in range(3)]
+    second = reader._take(9)
+    assert [(r.partition, r.offset) for r in second] == [(0, o) for o in range(3, 7)] + [
+        (2, o) for o in range(3, 7)
+    ] + [(0, 7)]
+    rest = reader._take(100)
+    assert [(r.partition, r.offset) for r in rest] == [(0, 8), (0, 9)] + [(2, o) for o in range(7, 10)]
+    assert reader._pending == {} and reader._pending_count == 0
