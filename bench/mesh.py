@@ -47,7 +47,7 @@ def stages(prefix: str, services: list[str]) -> dict[str, tuple[str, list[str]]]
     g = lambda s: f"{prefix}adclick-{s}"  # noqa: E731
     out = {
         "ingest.validate": (
-            g("ingest"),
+            g("ingest") + "-raw",  # its own group: services/ingest/raw_reader.py
             [t("ad-impressions"), t("ad-clicks"), t("ad-events"), t("clickstream")],
         ),
         "ingest.join": (g("ingest"), [t("ingest-by-key")]),
