@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from services.ingest.raw_reader import RawReader
+from services.ingest.raw_reader import RawBatch, RawReader
 from shared.app import ensure_topics
 from shared.settings import Settings
 
@@ -119,4 +119,18 @@ def test_a_batch_is_shared_out_among_the_partitions_in_offset_order():
     ] + [(0, 7)]
     rest = reader._take(100)
     assert [(r.partition, r.offset) for r in rest] == [(0, 8), (0, 9)] + [(2, o) for o in range(7, 10)]
+    assert reader._pending == {} and reader._pending_count == 0
+
+
+def test_a_batch_fetched_before_a_rebalance_is_not_handed_on():
+    reader = RawReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
+    reader.consumer = object()  # started, as far as the batch can tell
+    tp = TopicPartition("raw", 0)
+    reader._pending[tp] = [record(0, 5)]
+    reader._pending_count = 1
+    batch = RawBatch(reader, reader.generation, [record(0, 4)])
+    assert not batch.stale
+    asyncio.run(reader.on_partitions_revoked({tp}))
+    # the partitions' next owner reads both again from the committed offset
+    assert batch.stale
     assert reader._pending == {} and reader._pending_count == 0
