@@ -83,10 +83,12 @@ class RawReader(ConsumerRebalanceListener):
         await self.consumer.start()
 
     async def stop(self) -> None:
+        """Leave the group. Called by the task that runs the batches, so none is under way; not
+        under `lock`: aiokafka's stop waits for its coordinator, which may be waiting for `lock`
+        in a rebalance callback."""
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
-            async with self.lock:  # the batch under way finishes and commits first
-                await consumer.stop()
+            await consumer.stop()
 
     # -- rebalance listener (aiokafka calls these from its coordinator) -------------------------
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
