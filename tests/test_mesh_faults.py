@@ -61,6 +61,30 @@ def test_a_second_ctr_worker_joins_and_leaves_mid_stream(mesh_factory):
     assert_exact(mesh, sent, spec)
 
 
+def counted(stats: dict) -> int:
+    return sum(n for outcome, n in stats["outcomes"].items() if outcome.startswith("counted:"))
+
+
+def test_a_second_ingest_worker_joins_and_leaves_mid_stream(mesh_factory):
+    """Both of ingest's groups rebalance: faust's (the join's partitions and table) and the raw
+    reader's (services/ingest/raw_reader.py), whose batches under way when partitions move are
+    dropped or committed, never lost, and read twice at most (the join recognises them)."""
+    mesh = mesh_factory(**FAST)
+    mesh.start("ingest", "ctr", "warehouse")
+    spec = defective_spec(37, 8_000, 12)
+    first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
+
+    sent = asyncio.run(produce(mesh, first))
+    mesh.start("ingest", instance="-2")  # joins: raw and ingest-by-key partitions move to it
+    sent += asyncio.run(produce(mesh, second))
+    # It has validated and joined events of its own before it leaves.
+    second_worker = mesh.services["ingest-2"]
+    mesh.wait_for(lambda: counted(second_worker.get_json("/stats")[1]) > 0, 60, "ingest-2 counting")
+    mesh.stop("ingest-2")  # leaves mid-stream: its partitions come back
+    sent += asyncio.run(produce(mesh, third))
+    assert_exact(mesh, sent, spec)
+
+
 def test_broker_stopped_and_restarted_mid_stream(mesh_factory, kafka_broker):
     if kafka_broker.env is None:
         pytest.skip("the broker is external (TEST_KAFKA_BOOTSTRAP_SERVERS): not ours to stop")
