@@ -281,6 +281,7 @@ class WindowedAggregation:
                 due_now |= c.due.pop(threshold)
         duration, grace = self.spec.duration_ms, self.spec.grace_ms
         due = c.due
+        held_before = held_before or {}
         for key in touched | due_now:
             state = states.get(key)
             if state is None:
@@ -291,7 +292,7 @@ class WindowedAggregation:
             if not state["w"]:
                 c.keys.discard(key)
                 c.retired[key] = wm
-            elif key in due_now or held > (held_before or {}).get(key, 0):
+            elif key in due_now or held > held_before.get(key, 0):
                 # Indexed again: a key taken out of `due` just now, or one given a new window. A
                 # touched key's other windows are still indexed (only this pop removes entries):
                 # re-indexing every touched key cost 7% of engagement live.

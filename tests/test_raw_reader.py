@@ -26,7 +26,7 @@ async def read_all(reader: RawReader, expected: int, timeout_s: float = 30.0) ->
                 if batch.stale:
                     continue
                 got.extend(batch.records)
-                await reader.commit(batch.records)
+                await reader.commit(batch)
             if len(got) >= expected:
                 return
 
@@ -107,7 +107,6 @@ def test_a_batch_is_shared_out_among_the_partitions_in_offset_order():
     reader = RawReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
     for p, n in ((0, 10), (1, 3), (2, 10)):
         reader._pending[TopicPartition("raw", p)] = [record(p, o) for o in range(n)]
-        reader._pending_count += n
 
     first = reader._take(9)
     # 3 from each: partition 0 does not go first with 9 of its own (the join's watermark would
@@ -119,7 +118,7 @@ def test_a_batch_is_shared_out_among_the_partitions_in_offset_order():
     ] + [(0, 7)]
     rest = reader._take(100)
     assert [(r.partition, r.offset) for r in rest] == [(0, 8), (0, 9)] + [(2, o) for o in range(7, 10)]
-    assert reader._pending == {} and reader._pending_count == 0
+    assert reader._pending == {} and reader._pending_count() == 0
 
 
 def test_a_batch_fetched_before_a_rebalance_is_not_handed_on():
@@ -127,10 +126,9 @@ def test_a_batch_fetched_before_a_rebalance_is_not_handed_on():
     reader.consumer = object()  # started, as far as the batch can tell
     tp = TopicPartition("raw", 0)
     reader._pending[tp] = [record(0, 5)]
-    reader._pending_count = 1
     batch = RawBatch(reader, reader.generation, [record(0, 4)])
     assert not batch.stale
     asyncio.run(reader.on_partitions_revoked({tp}))
     # the partitions' next owner reads both again from the committed offset
     assert batch.stale
-    assert reader._pending == {} and reader._pending_count == 0
+    assert reader._pending == {} and reader._pending_count() == 0

@@ -141,7 +141,6 @@ async def validate_batches() -> None:
                 await send_idle_markers(out, [tp for tp, _ in await raw_activity.idle_partitions()])
             touched: set[str] = set()
             for m in batch.records:
-                raw_activity.processed(TopicPartition(m.topic, m.partition), m.offset)
                 try:
                     rec = PARSERS[m.topic](m.value, limits)
                 except Rejected as err:
@@ -167,8 +166,10 @@ async def validate_batches() -> None:
                     topics.by_event_key, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
                 )
             await out.flush()
+            for tp, next_offset in batch.next_offsets().items():
+                raw_activity.processed(tp, next_offset - 1)
             # Only now, with everything the batch produced acknowledged.
-            await raw_reader.commit(batch.records)
+            await raw_reader.commit(batch)
             metrics.count_topics(metrics.events_in, "ingest", (m.topic for m in batch.records))
 
 

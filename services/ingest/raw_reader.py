@@ -60,7 +60,6 @@ class RawReader(ConsumerRebalanceListener):
         self.committed: dict[TopicPartition, int] = {}  # next offset to read, as committed
         # fetched, not handed on yet: partition -> its records in offset order
         self._pending: dict[TopicPartition, list[ConsumerRecord]] = {}
-        self._pending_count = 0
         self.consumer: AIOKafkaConsumer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -95,7 +94,6 @@ class RawReader(ConsumerRebalanceListener):
         async with self.lock:
             self.generation += 1
             self._pending.clear()  # read again by the partitions' next owner, from the commits
-            self._pending_count = 0
             for tp in revoked:
                 self.committed.pop(tp, None)
 
@@ -169,7 +167,7 @@ class RawReader(ConsumerRebalanceListener):
                     if not self._pending:
                         continue
                 deadline = loop.time() + within_s
-                while self._pending_count < max_records and (remaining := deadline - loop.time()) > 0:
+                while self._pending_count() < max_records and (remaining := deadline - loop.time()) > 0:
                     if not await self._fetch(consumer, remaining):
                         break
             except ConsumerStoppedError:
@@ -184,7 +182,6 @@ class RawReader(ConsumerRebalanceListener):
         fetched = await consumer.getmany(timeout_ms=max(1, int(timeout_s * 1000)))
         for tp, records in fetched.items():
             self._pending.setdefault(tp, []).extend(records)
-            self._pending_count += len(records)
         return bool(fetched)
 
     def _take(self, max_records: int) -> list[ConsumerRecord]:
@@ -205,14 +202,14 @@ class RawReader(ConsumerRebalanceListener):
                     self._pending[tp] = records[share:]
                 if len(taken) >= max_records:
                     break
-        self._pending_count -= len(taken)
         return taken
 
-    async def commit(self, records: list[ConsumerRecord]) -> None:
-        """Commit past `records` (call under `lock`, after their outputs are acknowledged)."""
-        offsets: dict[TopicPartition, int] = {}
-        for r in records:
-            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+    def _pending_count(self) -> int:
+        return sum(len(records) for records in self._pending.values())  # one list per partition
+
+    async def commit(self, batch: RawBatch) -> None:
+        """Commit past `batch` (call under `lock`, after its outputs are acknowledged)."""
+        offsets = batch.next_offsets()
         if self.consumer is None or not offsets:
             return
         try:
@@ -256,6 +253,9 @@ class RawBatch:
         the partitions now reads the records again from the committed offsets."""
         return self.generation != self.reader.generation or self.reader.consumer is None
 
-
-def _flat(fetched: dict[TopicPartition, list[ConsumerRecord]]) -> list[ConsumerRecord]:
-    return [r for records in fetched.values() for r in records]
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """Partition -> the offset after its last record in the batch (what a commit says)."""
+        offsets: dict[TopicPartition, int] = {}
+        for r in self.records:
+            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        return offsets
