@@ -50,6 +50,12 @@ class PartitionClock:
     counted_before_watermark: int = 0
 
 
+# Decoded states kept between batches, at most this many keys: decoding every touched key's state
+# again each batch was the largest single cost of the aggregation in engagement's profile (each
+# user's state is touched about once per batch). Retired keys (no window left) stay until
+# deleted; beyond the cap, states are decoded from the table again, as before.
+DECODED_STATES_MAX = 100_000
+
 WATERMARK_KEY_PREFIX = b"\x00watermark:"  # cannot start a real key: they are ids and names
 
 
@@ -71,6 +77,9 @@ class BatchResult:
     # this batch, whether or not a key had events in it: proof that the partition's keys without
     # a result for it had none (ctr tells the anomaly service, for campaigns that went silent).
     passed: list[tuple[int, int, int]] = field(default_factory=list)
+    # key -> its state as decoded and changed by this batch: kept decoded once `writes` are
+    # applied (a batch that fails leaves them out, and they are decoded from the table again)
+    loaded: dict[bytes, KeyState] = field(default_factory=dict)
 
 
 def already_applied(state: KeyState, seq: list[int] | None) -> bool:
@@ -108,6 +117,9 @@ class WindowedAggregation:
         # A replay after a crash reaches back seconds; keep replay marks far longer than that.
         self.retain_ms = 10 * (spec.duration_ms + spec.grace_ms + spec.delay_ms)
         self.partitions: dict[int, PartitionClock] = {}
+        # key -> state as written to the table by the last committed batch (see DECODED_STATES_MAX).
+        # A batch takes its keys out, so a batch that fails never leaves its changes here.
+        self._decoded: dict[bytes, KeyState] = {}
         self.last_input_at = time.monotonic()
         self.lock = asyncio.Lock()  # the batch body and the idle flush must not interleave
         # partition -> (key, stored watermark, holds windows) of the recovered table, not yet
@@ -120,6 +132,7 @@ class WindowedAggregation:
         another worker); each partition's clock is rebuilt from it when the partition is next
         used, i.e. after faust finished recovering the tables."""
         self.partitions.clear()
+        self._decoded.clear()
         self._restored = None
 
     def clock(self, p: int) -> PartitionClock:
@@ -181,7 +194,7 @@ class WindowedAggregation:
         """events: (partition, key, decoded record). `contribute(rec)` returns how the record
         changes its window's aggregate, or None if this aggregation ignores it."""
         result = BatchResult()
-        states: dict[bytes, KeyState] = {}
+        states = result.loaded
         held_before: dict[bytes, int] = {}  # key -> windows its state held when loaded
         touched: dict[int, set[bytes]] = {}
         # Each partition's watermark, known until its next marker: recomputing it (a minimum over
@@ -236,7 +249,7 @@ class WindowedAggregation:
         owned = self.assigned()
         if owned is not None and not owned:
             return result  # mid-rebalance, or nothing assigned: nothing here is safely ours
-        states: dict[bytes, KeyState] = {}
+        states = result.loaded
         for p, c in self.partitions.items():
             if not c.keys or (owned is not None and p not in owned):
                 continue
@@ -255,12 +268,29 @@ class WindowedAggregation:
                 self.table[key] = value
             elif key in self.table:
                 del self.table[key]
+        self._keep_decoded(result)
 
     async def write_states(self, result: BatchResult, out: BatchOutput) -> None:
         """commit_states for a KeyedTable (the services' case): all changelog records in one
         Kafka batch per partition, acknowledged before this returns."""
         await self.table.write_many(out, result.writes)
         await out.flush()
+        self._keep_decoded(result)
+
+    def _keep_decoded(self, result: BatchResult) -> None:
+        """The batch's states are the table's now: keep them decoded for the next batch."""
+        decoded = self._decoded
+        room = DECODED_STATES_MAX - len(decoded)
+        for key, state in result.loaded.items():
+            if result.writes.get(key, b"") is None:
+                continue  # deleted
+            if room <= 0:
+                break
+            decoded[key] = state
+            room -= 1
+        for key, value in result.writes.items():
+            if value is None:
+                decoded.pop(key, None)
 
     def _close_partition(
         self,
@@ -327,5 +357,8 @@ class WindowedAggregation:
             result.writes[watermark_key(p, self.partition_count)] = table_json({"p": p, "wm": wm, "w": {}})
 
     def _load(self, key: bytes) -> KeyState:
+        state = self._decoded.pop(key, None)
+        if state is not None:
+            return state
         raw = self._get(key)
         return orjson.loads(raw) if raw is not None else new_state()

@@ -112,3 +112,39 @@ def test_after_a_restart_windows_are_reported_from_the_restored_watermark():
     restarted = WindowedAggregation(dict(table), SPEC, idle_timeout_s=60, partitions=1)
     r = restarted.process(batch(marker(2_000), marker(41_000)), contribute)
     assert r.passed == [(0, 20_000, 30_000), (0, 30_000, 40_000)]
+
+
+def test_a_batch_whose_results_were_not_delivered_leaves_no_trace_in_memory():
+    # States stay decoded between batches; a batch that failed before its states were written
+    # (its publish raised) must not leave its changes there: its events come again.
+    table: dict[bytes, bytes] = {}
+    w = WindowedAggregation(table, SPEC, idle_timeout_s=60, partitions=1)
+    w.commit_states(w.process(batch(imp(1_000, 1), marker(2_000)), contribute))
+    failed = w.process(batch(imp(1_500, 2)), contribute)  # never committed
+    assert failed.counted == 1
+    again = w.process(batch(imp(1_500, 2), marker(12_000)), contribute)
+    assert (again.counted, again.replayed) == (1, 0)
+    assert [(e.version, e.aggregate[0]) for e in again.emits] == [(1, 2)]
+
+
+def test_after_a_rebalance_states_are_read_from_the_recovered_table():
+    table: dict[bytes, bytes] = {}
+    w = WindowedAggregation(table, SPEC, idle_timeout_s=60, partitions=1)
+    w.commit_states(w.process(batch(imp(1_000, 1), marker(2_000)), contribute))
+    # Another worker owned the partition meanwhile and counted an event: its state is recovered.
+    other = WindowedAggregation(dict(table), SPEC, idle_timeout_s=60, partitions=1)
+    other.commit_states(other.process(batch(imp(2_000, 2)), contribute))
+    table.update(other.table)
+    w.forget_partitions()
+    r = w.process(batch(imp(3_000, 3), marker(12_000)), contribute)
+    assert [(e.version, e.aggregate[0]) for e in r.emits] == [(1, 3)]
+
+
+def test_a_deleted_state_is_not_kept_decoded():
+    table: dict[bytes, bytes] = {}
+    w = WindowedAggregation(table, SPEC, idle_timeout_s=60, partitions=1)
+    w.commit_states(w.process(batch(imp(1_000, 1), marker(2_000)), contribute))
+    # The key's window is dropped; long after, its replay marks are deleted too.
+    w.commit_states(w.process(batch(marker(40_000)), contribute))
+    w.commit_states(w.process(batch(marker(40_000 + w.retain_ms + 1)), contribute))
+    assert b"c1" not in table and b"c1" not in w._decoded

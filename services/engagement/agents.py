@@ -80,6 +80,16 @@ def fan_out_partition(p: int) -> RelayedWatermark:
     return relay
 
 
+def fan_out_copies(rec: Record, partition: int, offset: int, j: int, bundles: Bundler) -> None:
+    """Add one canonical event's copy for each of its dimension keys to the batch's bundles."""
+    for i, (key, fields) in enumerate(dimension_records(rec)):
+        # seq = this stage's position, increasing per canonical partition in every
+        # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash (offset,
+        # place in the bundle, dimension).
+        seq = [partition, offset, j, i]
+        bundles.add(key.encode(), orjson.dumps({**fields, "key": key, "seq": seq}))
+
+
 @app.agent(canonical_topic)
 async def fan_out(stream: Any) -> None:
     out = BatchOutput(app)
@@ -99,12 +109,7 @@ async def fan_out(stream: Any) -> None:
                             await bundles.send(out)  # the events before it, bundles cut here
                             await relay.forward(out, topics.engagement_by_key, PARTITIONS)
                         continue
-                    for i, (key, fields) in enumerate(dimension_records(rec)):
-                        # seq = this stage's position, increasing per canonical partition in
-                        # every engagement-by-key partition: `aggregate` skips a copy re-sent
-                        # after a crash (offset, place in the bundle, dimension).
-                        seq = [m.partition, m.offset, j, i]
-                        bundles.add(key.encode(), orjson.dumps({**fields, "key": key, "seq": seq}))
+                    fan_out_copies(rec, m.partition, m.offset, j, bundles)
             await bundles.send(out)
             # Markers after the batch's events: downstream never sees progress before the events in it.
             for p in touched:

@@ -1,0 +1,146 @@
+"""engagement's per-event CPU without Kafka: the fan-out's encoding, the aggregate's decoding,
+windows, distinct sets and the records and state writes a batch produces, on plain dicts.
+
+The mesh benchmark measures the service with its broker round trips and faust around it; this one
+isolates the Python the service runs per event, so a change to that code can be compared in
+seconds, back to back, on a noisy machine. Traffic: the benchmark's impressions + clicks (clicks
+carry their impression's fields, as ingest's join emits them), 3 partitions, 5 s windows.
+
+    python -m bench.engagement_cpu [--events 200000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from bench.traffic import Shape, make_template
+from services.engagement import agents
+from services.engagement.distinct import DistinctSets
+from services.engagement.metrics import split_key, window_records
+from shared.app import tune_garbage_collector
+from shared.bundles import Bundler, unbundle
+from shared.windowed_agent import WindowedAggregation
+from shared.windows import WindowSpec
+
+PARTITIONS = 3
+BATCH = 2_000
+SPEC = WindowSpec(duration_ms=5_000, grace_ms=30_000, delay_ms=3_000)
+
+
+def canonical_events(n: int) -> list[dict[str, Any]]:
+    t = make_template(Shape(), min(n, 50_000), 1_000.0)
+    imps: dict[str, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    size = len(t.records)
+    for j in range(n):
+        k, i = divmod(j, size)
+        r = t.records[i]
+        ts = 1_700_000_000_000 + k * t.span_ms + t.offsets_ms[i]
+        iid = f"{k & 0xFFFF:04x}" + r["impression_id"][4:]
+        src = f"raw:{j % PARTITIONS}:{j // PARTITIONS}"
+        if t.kinds[i] == "impressions":
+            rec = {
+                "kind": "impression",
+                "id": iid,
+                "impression_id": iid,
+                "user_id": r["user_id"],
+                "campaign_id": r["campaign_id"],
+                "ad_id": r["ad_id"],
+                "device_type": r.get("device_type") or "unknown",
+                "browser": r.get("browser") or "unknown",
+                "ts": ts,
+                "cost_micros": 1000,
+                "src": src,
+            }
+            imps[iid] = rec
+        else:
+            imp = imps.get(iid)
+            if imp is None:
+                continue
+            rec = {"kind": "click", "id": f"{k & 0xFFFF:04x}" + r["click_id"][4:], "impression_id": iid}
+            rec |= {"user_id": r["user_id"], "ts": ts, "src": src}
+            rec |= {f: imp[f] for f in ("campaign_id", "ad_id", "device_type", "browser")}
+        rec["seq"] = [j % PARTITIONS, j // PARTITIONS, 0]
+        out.append(rec)
+    return out
+
+
+class Out:
+    """BatchOutput's interface, counting what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+    async def flush(self) -> None:
+        pass
+
+
+def marker(ts: int) -> dict[str, Any]:
+    return {"kind": "wm", "src": "join:0", "ts": ts, "of": 1}
+
+
+async def run(events: list[dict[str, Any]]) -> dict[str, float]:
+    table: dict[bytes, bytes] = {}
+    windows = WindowedAggregation(table, SPEC, 10.0, PARTITIONS)
+    sets = DistinctSets({}, SPEC, PARTITIONS)
+    contribute = agents.counting(sets)
+    bundles = Bundler("engagement-by-key", PARTITIONS)
+    out = Out()
+    rows = 0
+    timings = {"fan_out": 0.0, "aggregate": 0.0}
+    for b in range(0, len(events), BATCH):
+        batch = events[b : b + BATCH]
+        # fan-out: the canonical records arrive bundled (one message per partition and batch)
+        t0 = time.perf_counter()
+        canonical = [orjson.dumps(batch)]
+        for value in canonical:
+            for j, rec in unbundle(value):
+                agents.fan_out_copies(rec, rec["seq"][0], rec["seq"][1], j, bundles)
+        await bundles.send(out)
+        messages = [(p, v) for _, _, v, p in out.sent]
+        out.sent.clear()
+        t1 = time.perf_counter()
+        decoded = [(p, rec["key"].encode(), rec) for p, v in messages for _, rec in unbundle(v)]
+        decoded += [(p, b"", marker(batch[-1]["ts"])) for p in range(PARTITIONS)]
+        result = windows.process(decoded, contribute)
+        for emit in result.emits:
+            out_key = split_key(emit.key)[1].encode()
+            for record in window_records(emit, sets.sizes(emit.key, emit.start_ms), 0):
+                await out.send("engagement-metrics", out_key, orjson.dumps(record))
+                rows += 1
+        sets.apply_pending()
+        windows.commit_states(result)
+        out.sent.clear()
+        timings["aggregate"] += time.perf_counter() - t1
+        timings["fan_out"] += t1 - t0
+    n = len(events)
+    return {
+        "events": n,
+        "fan_out_us": round(timings["fan_out"] * 1e6 / n, 2),
+        "aggregate_us": round(timings["aggregate"] * 1e6 / n, 2),
+        "total_us": round(sum(timings.values()) * 1e6 / n, 2),
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--repeat", type=int, default=3)
+    a = p.parse_args()
+    events = canonical_events(a.events)
+    tune_garbage_collector()  # as the services do once started
+    for _ in range(a.repeat):
+        print(orjson.dumps(asyncio.run(run(events))).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
