@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from shared.windows import Aggregate, Emit, sum_into
@@ -72,7 +73,9 @@ def dimension_records(rec: Record) -> list[tuple[str, Record]]:
 Member = tuple[str, str]  # (distinct set name, member)
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, 1.5 us per event and
+# dimension against 0.4 with slots.
+@dataclass(slots=True)
 class Contribution:
     merge: Callable[[Aggregate | None], Aggregate]
     members: tuple[Member, ...] = ()  # added to the sets of the event's window
@@ -84,14 +87,12 @@ def contribution(key: str, rec: Record) -> Contribution | None:
     dimension, _ = split_key(key)
     kind, user = rec["kind"], rec["user_id"]
     if dimension == DEVICE:
-        counts = [int(kind == "impression"), int(kind == "click"), int(kind in PURCHASES)]
-        return Contribution(sum_into(counts), (("users", user),))
+        return Contribution(_device_merge(kind), (("users", user),))
     if dimension == USER:
         session = rec.get("session_id") or ""
         return Contribution(_user_merge(kind, rec["ts"]), (("sessions", session),) if session else ())
     if dimension == ITEM:
-        kinds = ("item_view", "item_click", "add_to_cart", "purchase")
-        return Contribution(sum_into([int(kind == k) for k in kinds]))
+        return Contribution(_item_merge(kind))
     if dimension == EXPERIMENT:
         arm = experiment_arm(rec)
         if arm is None:
@@ -102,6 +103,17 @@ def contribution(key: str, rec: Record) -> Contribution | None:
             sets += ((f"buyers:{variation}", user),)
         return Contribution(_count_variation(variation), sets, sets)
     return None
+
+
+@lru_cache(maxsize=64)  # kinds are validated upstream; bounded all the same
+def _device_merge(kind: str) -> Callable[[Aggregate | None], Aggregate]:
+    # One per kind, made once: the counts an event adds depend on its kind only.
+    return sum_into([int(kind == "impression"), int(kind == "click"), int(kind in PURCHASES)])
+
+
+@lru_cache(maxsize=64)  # kinds are validated upstream; bounded all the same
+def _item_merge(kind: str) -> Callable[[Aggregate | None], Aggregate]:
+    return sum_into([int(kind == k) for k in ("item_view", "item_click", "add_to_cart", "purchase")])
 
 
 def _user_merge(kind: str, ts: int) -> Callable[[Aggregate | None], Aggregate]:
