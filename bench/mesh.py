@@ -47,7 +47,7 @@ def stages(prefix: str, services: list[str]) -> dict[str, tuple[str, list[str]]]
     g = lambda s: f"{prefix}adclick-{s}"  # noqa: E731
     out = {
         "ingest.validate": (
-            g("ingest") + "-raw",  # its own group: services/ingest/raw_reader.py
+            g("ingest") + "-raw",  # its own group: shared/direct_reader.py
             [t("ad-impressions"), t("ad-clicks"), t("ad-events"), t("clickstream")],
         ),
         "ingest.join": (g("ingest"), [t("ingest-by-key")]),
@@ -57,7 +57,7 @@ def stages(prefix: str, services: list[str]) -> dict[str, tuple[str, list[str]]]
         out["engagement.fan_out"] = (g("engagement"), [t("canonical-events")])
         out["engagement.aggregate"] = (g("engagement"), [t("engagement-by-key")])
     out["warehouse"] = (
-        g("warehouse"),
+        g("warehouse") + "-direct",  # its reader's group: shared/direct_reader.py
         [
             t(n)
             for n in ("ctr-metrics", "dead-letters", "discarded-events", "late-events", "engagement-metrics")

@@ -16,6 +16,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust import web
+from faust.app.base import BootStrategy
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from mode.utils.times import want_seconds
 
@@ -24,7 +25,7 @@ from shared.batch_output import BatchOutput
 from shared.kafka_batches import murmur2
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
 from shared.logs import logging_config
-from shared.metrics import PrometheusSensor, exposition, refresh_consumer_lag
+from shared.metrics import PrometheusSensor, consumers, exposition, refresh_consumer_lag
 from shared.settings import Settings, get_settings
 from shared.topics import topic_names
 
@@ -245,6 +246,7 @@ class MeshApp(faust.App):
     service: str = ""
     # consumers a service runs besides faust's (ingest's raw reader): their lag is on /metrics too
     direct_consumers: list[Any]
+    faust_consumer: bool
 
     def on_init_dependencies(self) -> Iterable[Any]:
         deps = super().on_init_dependencies()
@@ -292,10 +294,17 @@ def changelog_config(table: Any) -> dict[str, str]:
 
 
 def make_app(
-    service: str, web_port: int, settings: Settings | None = None, secrets: Iterable[str] = ()
+    service: str,
+    web_port: int,
+    settings: Settings | None = None,
+    secrets: Iterable[str] = (),
+    faust_consumer: bool = True,
 ) -> MeshApp:
     """The faust app of one service. `secrets`: the service's own secret strings (beyond the
-    shared settings' ones), masked in its logs."""
+    shared settings' ones), masked in its logs. `faust_consumer=False`: a service that reads all
+    its input through direct readers (shared/direct_reader.py) and has no tables runs without
+    faust's consumer, conductor and table manager (with nothing to subscribe to, faust's
+    conductor would fail: aiokafka refuses an empty subscription)."""
     settings = settings or get_settings()
     os.makedirs(f"{settings.data_dir}/faust", exist_ok=True)  # faust creates only the last level
     app = MeshApp(
@@ -332,6 +341,9 @@ def make_app(
     )
     app.mesh_settings = settings
     app.service = service
+    if not faust_consumer:
+        app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False)
+    app.faust_consumer = faust_consumer
     app.direct_consumers = []
     app.sensors.add(PrometheusSensor(service))
     add_health_views(app, service)
@@ -339,7 +351,8 @@ def make_app(
 
 
 def add_health_views(app: faust.App, service: str) -> None:
-    """/health: the process answers. /ready: it has partitions assigned and is not rebalancing.
+    """/health: the process answers. /ready: it has partitions assigned (to faust's consumer or a
+    direct reader) and is not rebalancing.
     (faust starts its web server only after table recovery, so answering implies recovered.)"""
 
     @app.page("/health")
@@ -348,7 +361,7 @@ def add_health_views(app: faust.App, service: str) -> None:
 
     @app.page("/ready")
     async def ready(view: web.View, request: web.Request) -> web.Response:
-        assigned = len(app.consumer.assignment()) if app.consumer else 0
+        assigned = sum(len(c.assignment()) for c in consumers(app))
         ok = not app.rebalancing and assigned > 0
         body = {"ready": ok, "service": service, "assigned_partitions": assigned}
         return view.json(body, status=200 if ok else 503)

@@ -73,8 +73,14 @@ def count_topics(counter: PromCounter, service: str, topics: Iterable[str]) -> N
         counter.labels(service, topic).inc(n)
 
 
+def consumers(app: Any) -> list[Any]:
+    """faust's consumer (unless the service runs without one) and the direct readers beside it."""
+    own = [app.consumer] if getattr(app, "faust_consumer", True) else []
+    return own + getattr(app, "direct_consumers", [])
+
+
 async def refresh_consumer_lag(app: Any, service: str) -> None:
-    for consumer in [app.consumer, *getattr(app, "direct_consumers", [])]:
+    for consumer in consumers(app):
         tps = list(consumer.assignment())
         if not tps:
             continue

@@ -21,7 +21,7 @@ from faust.types import TP
 
 class SourceActivity:
     """`consumer`: what reads the topics; it answers `assignment()`, `await highwaters(*tps)` and
-    `committed_offset(tp)` (services.ingest.raw_reader.RawReader)."""
+    `committed_offset(tp)` (shared.direct_reader.DirectReader)."""
 
     def __init__(
         self, consumer: Any, topics: Iterable[str], quiet_s: float = 10.0, never_active_quiet_s: float = 1.0

@@ -67,7 +67,7 @@ def counted(stats: dict) -> int:
 
 def test_a_second_ingest_worker_joins_and_leaves_mid_stream(mesh_factory):
     """Both of ingest's groups rebalance: faust's (the join's partitions and table) and the raw
-    reader's (services/ingest/raw_reader.py), whose batches under way when partitions move are
+    reader's (shared/direct_reader.py), whose batches under way when partitions move are
     dropped or committed, never lost, and read twice at most (the join recognises them)."""
     mesh = mesh_factory(**FAST)
     mesh.start("ingest", "ctr", "warehouse")

@@ -25,11 +25,11 @@ from services.ingest.formats import (
     parse_impression,
 )
 from services.ingest.join import Outcome, Record, expire, mark_applied, new_entry, on_event, replayed
-from services.ingest.raw_reader import RawReader
 from shared import metrics
 from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
 from shared.bundles import Bundler, unbundle
+from shared.direct_reader import DirectReader
 from shared.event_batches import event_batches
 from shared.source_idleness import SourceActivity
 from shared.topics import canonical_key, topic_names
@@ -90,9 +90,9 @@ async def claim_raw_partitions(assigned: set[TopicPartition]) -> None:
     await out.flush()
 
 
-# The raw topics bypass faust's per-message path (services/ingest/raw_reader.py); the faust group
+# The raw topics bypass faust's per-message path (shared/direct_reader.py); the faust group
 # that read them before keeps the offsets a first start begins from.
-raw_reader = RawReader(
+raw_reader = DirectReader(
     settings, topics.raw_sources(), f"{app.conf.id}-raw", app.conf.id, on_assigned=claim_raw_partitions
 )
 raw_activity = SourceActivity(

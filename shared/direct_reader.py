@@ -1,24 +1,26 @@
-"""validate's input: the raw topics, read with aiokafka's consumer itself instead of a faust agent.
+"""A topic's records read with aiokafka's consumer itself instead of a faust agent, in batches.
 
-Why: one raw Kafka message is one event, and faust's path for each message (its consumer thread's
-method queue, a Message and an Event object, the conductor's handoff, the stream queue, an ack per
-event) was ~38% of ingest's CPU in py-spy while it drained a backlog, against ~5 µs per event for
-aiokafka's `getmany` and orjson alone (the benchmark's L1). The re-keyed hop after validate
-(ingest-by-key) ships bundles, one message per hundreds of events, and stays with faust, as do the
-join's table and everything else.
+Used where one Kafka message is one record and the per-record cost counts: ingest's raw topics (one
+message per event) and the warehouse's result topics (one message per row). faust's path for each
+message (its consumer thread's method queue, a Message and an Event object, the conductor's handoff,
+the stream queue, an ack per message) was ~38% of ingest's CPU in py-spy while it drained a backlog
+and ~30% of the warehouse's, against ~5 µs per event for aiokafka's `getmany` and orjson alone (the
+benchmark's L1). Re-keyed hops that ship bundles (one message per hundreds of records) stay with
+faust, as do tables and everything else.
 
 What the agent gave, kept:
-- At least once: a batch's outputs are acknowledged by the broker before its offsets are committed
-  (the caller commits after its flush). A batch read again after a crash is recognised by the
-  join, by each event's `src` (raw topic:partition:offset).
+- At least once: the caller commits a batch (`commit`) only after what it made of the batch is
+  durable (ingest: its outputs acknowledged by the broker; the warehouse: the rows inserted). A
+  batch read again after a crash is recognised downstream (ingest's join by each event's `src`,
+  the warehouse's tables by their natural keys and insert tokens).
 - A rebalance waits for the batch under way and its commit (`lock`, held by the caller around a
   batch). Records fetched before a rebalance are not handed on: the partitions' next owner (maybe
   this worker again) reads them from the committed offsets.
 
-Its own consumer group, `<app id>-raw`: faust's group runs faust's assignor, which does not know
-this member's subscription. A raw partition with no commit in the new group starts where faust's
-group had committed it (raw topics were read by faust's group before this reader existed): an
-upgrade neither reads the raw backlog again nor skips any of it.
+Its own consumer group (`<app id>-raw` for ingest, `<app id>-direct` for the warehouse): faust's
+group runs faust's assignor, which does not know this member's subscription. A partition with no
+commit in the new group starts where faust's group had committed it (these topics were read by
+faust's group before this reader existed): an upgrade neither reads a backlog again nor skips any.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 OnAssigned = Callable[[set[TopicPartition]], Coroutine[Any, Any, None]]
 
 
-class RawReader(ConsumerRebalanceListener):
+class DirectReader(ConsumerRebalanceListener):
     def __init__(
         self,
         settings: Settings,
@@ -101,7 +103,7 @@ class RawReader(ConsumerRebalanceListener):
         try:
             self.committed.update(await self._group_offsets(self.group_id, sorted(assigned)))
         except KafkaError as exc:  # only the idle check reads these, and it will wait for reads
-            log.warning("raw reader: committed offsets not looked up: %r", exc)
+            log.warning("direct reader %s: committed offsets not looked up: %r", self.group_id, exc)
         async with self.lock:
             await self.on_assigned(assigned)
 
@@ -120,7 +122,7 @@ class RawReader(ConsumerRebalanceListener):
         return {tp: o.offset for tp, o in offsets.items() if o.offset >= 0}
 
     async def _adopt_legacy_offsets(self) -> None:
-        """Before joining: for each raw partition this group has no commit for, commit faust's
+        """Before joining: for each partition this group has no commit for, commit faust's
         group's. Done before the consumer starts, since aiokafka fetches from the reset offset as
         soon as a partition is assigned: a seek then came after records of the wrong offsets were
         fetched (found by the test). If the group is already active (another worker started it),
@@ -144,20 +146,28 @@ class RawReader(ConsumerRebalanceListener):
         try:
             committer.assign(sorted(adopt))
             await committer.commit(adopt)
-            log.info("raw reader: %d partitions start where %s left them", len(adopt), self.legacy_group_id)
+            log.info(
+                "%s: %d partitions start where %s left them", self.group_id, len(adopt), self.legacy_group_id
+            )
         except KafkaError as exc:
             log.info(
-                "raw reader: offsets of %s not adopted (%r): the group has them", self.legacy_group_id, exc
+                "%s: offsets of %s not adopted (%r): the group has them",
+                self.group_id,
+                self.legacy_group_id,
+                exc,
             )
         finally:
             await committer.stop()
 
     # -- reading ----------------------------------------------------------------------------
-    async def batches(self, max_records: int, within_s: float) -> AsyncIterator[RawBatch]:
+    async def batches(
+        self, max_records: int, within_s: float, quiet_s: float | None = None
+    ) -> AsyncIterator[DirectBatch]:
         """Up to `max_records` records, in offset order per partition and shared out evenly among
         the partitions that have any (see `_take`): what is fetched first, and what more arrives
-        within `within_s` of it. The caller takes `lock`, skips a batch that is `stale` by then,
-        and commits it (`commit`) after its outputs are acknowledged."""
+        within `within_s` of it; with `quiet_s`, only while something arrived within `quiet_s`
+        (a burst goes on when it ends; as shared.event_batches). The caller takes `lock`, skips a
+        batch that is `stale` by then, and commits it (`commit`) once what it made is durable."""
         loop = asyncio.get_running_loop()
         while (consumer := self.consumer) is not None:
             generation = self.generation
@@ -168,13 +178,14 @@ class RawReader(ConsumerRebalanceListener):
                         continue
                 deadline = loop.time() + within_s
                 while self._pending_count() < max_records and (remaining := deadline - loop.time()) > 0:
-                    if not await self._fetch(consumer, remaining):
+                    wait = remaining if quiet_s is None else min(remaining, quiet_s)
+                    if not await self._fetch(consumer, wait):
                         break
             except ConsumerStoppedError:
                 return
             if generation != self.generation:
                 continue  # _pending was emptied: a rebalance began meanwhile
-            yield RawBatch(self, generation, self._take(max_records))
+            yield DirectBatch(self, generation, self._take(max_records))
 
     async def _fetch(self, consumer: AIOKafkaConsumer, timeout_s: float) -> bool:
         # Everything aiokafka holds, all partitions at once: `max_records` would drain them one
@@ -186,8 +197,8 @@ class RawReader(ConsumerRebalanceListener):
 
     def _take(self, max_records: int) -> list[ConsumerRecord]:
         """Round robin over the partitions, as faust's consumer hands records on: a backlog's
-        partitions advance together in event time. Read one after another, the partitions not
-        reached yet would hold the join's watermark unknown meanwhile, and far too late events
+        partitions advance together in event time. Read one after another, ingest's raw partitions
+        not reached yet would hold the join's watermark unknown meanwhile, and far too late events
         would be counted (seen in the backlog test)."""
         taken: list[ConsumerRecord] = []
         while self._pending and len(taken) < max_records:
@@ -207,7 +218,7 @@ class RawReader(ConsumerRebalanceListener):
     def _pending_count(self) -> int:
         return sum(len(records) for records in self._pending.values())  # one list per partition
 
-    async def commit(self, batch: RawBatch) -> None:
+    async def commit(self, batch: DirectBatch) -> None:
         """Commit past `batch` (call under `lock`, after its outputs are acknowledged)."""
         offsets = batch.next_offsets()
         if self.consumer is None or not offsets:
@@ -216,7 +227,7 @@ class RawReader(ConsumerRebalanceListener):
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on meanwhile: the partitions' next owner reads these records again.
-            log.warning("raw reader: commit not taken (%r); the records will be read again", exc)
+            log.warning("%s: commit not taken (%r); the records will be read again", self.group_id, exc)
             return
         self.committed.update(offsets)
 
@@ -241,8 +252,8 @@ class RawReader(ConsumerRebalanceListener):
         return self.committed.get(tp)
 
 
-class RawBatch:
-    def __init__(self, reader: RawReader, generation: int, records: list[ConsumerRecord]) -> None:
+class DirectBatch:
+    def __init__(self, reader: DirectReader, generation: int, records: list[ConsumerRecord]) -> None:
         self.reader = reader
         self.generation = generation
         self.records = records

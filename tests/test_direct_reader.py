@@ -1,4 +1,4 @@
-"""services.ingest.raw_reader: ingest reads its raw topics with aiokafka's consumer directly, in its
+"""shared.direct_reader: ingest reads its raw topics with aiokafka's consumer directly, in its
 own consumer group. On the real broker: where it starts (faust's group's commits on a first start,
 its own after), what it commits; and, pure, how a batch is shared out among partitions."""
 
@@ -11,12 +11,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from services.ingest.raw_reader import RawBatch, RawReader
 from shared.app import ensure_topics
+from shared.direct_reader import DirectBatch, DirectReader
 from shared.settings import Settings
 
 
-async def read_all(reader: RawReader, expected: int, timeout_s: float = 30.0) -> list[ConsumerRecord]:
+async def read_all(reader: DirectReader, expected: int, timeout_s: float = 30.0) -> list[ConsumerRecord]:
     """Batches until `expected` records came, each committed as ingest does (under the lock)."""
     got: list[ConsumerRecord] = []
 
@@ -74,7 +74,7 @@ def test_starts_where_faust_left_off_then_from_its_own_commits(kafka_bootstrap):
         async def on_assigned(tps: set[TopicPartition]) -> None:
             assigned.append(set(tps))
 
-        reader = RawReader(settings, [topic], group, legacy, on_assigned)
+        reader = DirectReader(settings, [topic], group, legacy, on_assigned)
         await reader.start()
         try:
             first = await read_all(reader, expected=6 + 3)
@@ -87,7 +87,7 @@ def test_starts_where_faust_left_off_then_from_its_own_commits(kafka_bootstrap):
 
         # Started again: its own commits, not faust's group's (still at 4 and 7), say where.
         await produce(1)
-        reader = RawReader(settings, [topic], group, legacy, on_assigned)
+        reader = DirectReader(settings, [topic], group, legacy, on_assigned)
         await reader.start()
         try:
             again = await read_all(reader, expected=2)
@@ -104,7 +104,7 @@ def record(p: int, offset: int) -> ConsumerRecord:
 
 
 def test_a_batch_is_shared_out_among_the_partitions_in_offset_order():
-    reader = RawReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
+    reader = DirectReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
     for p, n in ((0, 10), (1, 3), (2, 10)):
         reader._pending[TopicPartition("raw", p)] = [record(p, o) for o in range(n)]
 
@@ -122,13 +122,48 @@ def test_a_batch_is_shared_out_among_the_partitions_in_offset_order():
 
 
 def test_a_batch_fetched_before_a_rebalance_is_not_handed_on():
-    reader = RawReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
+    reader = DirectReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
     reader.consumer = object()  # started, as far as the batch can tell
     tp = TopicPartition("raw", 0)
     reader._pending[tp] = [record(0, 5)]
-    batch = RawBatch(reader, reader.generation, [record(0, 4)])
+    batch = DirectBatch(reader, reader.generation, [record(0, 4)])
     assert not batch.stale
     asyncio.run(reader.on_partitions_revoked({tp}))
     # the partitions' next owner reads both again from the committed offset
     assert batch.stale
     assert reader._pending == {} and reader._pending_count() == 0
+
+
+class ScriptedConsumer:
+    """getmany answers from a script; records the wait it was given each time."""
+
+    def __init__(self, answers: list[dict]) -> None:
+        self.answers = answers
+        self.waits_ms: list[int] = []
+
+    async def getmany(self, timeout_ms: int) -> dict:
+        self.waits_ms.append(timeout_ms)
+        return self.answers.pop(0) if self.answers else {}
+
+
+def first_batch(quiet_s: float | None) -> tuple[list[tuple[int, int]], list[int]]:
+    reader = DirectReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
+    tp = TopicPartition("raw", 0)
+    consumer = reader.consumer = ScriptedConsumer([{tp: [record(0, 0)]}, {tp: [record(0, 1)]}])
+
+    async def scenario() -> list[tuple[int, int]]:
+        async for batch in reader.batches(100, within_s=5.0, quiet_s=quiet_s):
+            return [(r.partition, r.offset) for r in batch.records]
+        return []
+
+    return asyncio.run(scenario()), consumer.waits_ms
+
+
+def test_a_quiet_period_closes_a_batch_early():
+    # The warehouse: a burst of results goes on once nothing more arrived for quiet_s, while a
+    # steady flow still fills the batch; without quiet_s the batch waits out within_s.
+    records, waits = first_batch(quiet_s=0.05)
+    assert records == [(0, 0), (0, 1)]
+    assert waits[1:] == [50, 50]  # after the first fetch: at most the quiet period each
+    _, waits = first_batch(quiet_s=None)
+    assert all(w > 4_000 for w in waits[1:3])  # the rest of within_s
