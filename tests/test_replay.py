@@ -148,3 +148,26 @@ def test_a_deleted_state_is_not_kept_decoded():
     w.commit_states(w.process(batch(marker(40_000)), contribute))
     w.commit_states(w.process(batch(marker(40_000 + w.retain_ms + 1)), contribute))
     assert b"c1" not in table and b"c1" not in w._decoded
+
+
+def test_every_window_of_a_key_closes_and_drops_on_time_across_batches():
+    # A key's windows are indexed once, when opened; the thresholds a watermark move removes are
+    # handled by that very pass. Each later move must still find every window it reaches.
+    table: dict[bytes, bytes] = {}
+    w = WindowedAggregation(table, SPEC, idle_timeout_s=60, partitions=1)
+    r = w.process(batch(imp(1_000, 1), imp(11_000, 2), marker(12_000)), contribute)
+    w.commit_states(r)
+    assert [(e.start_ms, e.aggregate[0]) for e in r.emits] == [(0, 1)]
+    r = w.process(batch(imp(21_000, 3), marker(14_000)), contribute)  # a third window, no end passed
+    w.commit_states(r)
+    assert r.emits == [] and sorted(orjson.loads(table[b"c1"])["w"]) == ["0", "10000", "20000"]
+    r = w.process(batch(marker(16_000)), contribute)  # 0 + 10 s + 5 s grace: dropped
+    w.commit_states(r)
+    assert r.emits == [] and sorted(orjson.loads(table[b"c1"])["w"]) == ["10000", "20000"]
+    r = w.process(batch(marker(20_000)), contribute)
+    w.commit_states(r)
+    assert [(e.start_ms, e.aggregate[0]) for e in r.emits] == [(10_000, 1)]
+    r = w.process(batch(marker(30_000)), contribute)
+    w.commit_states(r)
+    assert [(e.start_ms, e.aggregate[0]) for e in r.emits] == [(20_000, 1)]
+    assert sorted(orjson.loads(table[b"c1"])["w"]) == ["20000"]  # dropped at 35 s
