@@ -1,5 +1,7 @@
 """Event-time window rules with explicit timestamps (Quix Streams style), no broker."""
 
+import pytest
+
 from shared.watermarks import NEG_INF, MultiSourceWatermark
 from shared.windows import Placement, WindowSpec, add, close, latest_open_end, new_state, sum_into
 
@@ -190,3 +192,9 @@ def test_a_relay_withdraws_an_idle_word_that_went_stale_upstream(monkeypatch):
     asyncio.run(relay.repeat(out, "t", 1))
     # (an idle source's event time is progress too; the withdrawal keeps it)
     assert out.said == [(5_000, True), (5_000, True), (5_000, False)]
+
+
+def test_a_contribution_of_another_shape_is_refused_not_truncated():
+    assert sum_into([1, 0, 7])([10, 3, 5]) == [11, 3, 12]
+    with pytest.raises(ValueError):
+        sum_into([1, 0, 7])([10, 3])
