@@ -66,7 +66,19 @@ class DirectReader(ConsumerRebalanceListener):
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        await self._adopt_legacy_offsets()
+        # On a fresh broker the group coordinator may not be up yet (the offsets topic is created
+        # on first use): a retriable error here is waited out, not a failure to restart from.
+        delay = 0.2
+        while True:
+            try:
+                await self._adopt_legacy_offsets()
+                break
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                log.info("%s: group offsets not readable yet (%r); again in %.1fs", self.group_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         s = self.settings
         self.consumer = AIOKafkaConsumer(
             group_id=self.group_id,

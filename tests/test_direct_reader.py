@@ -1,6 +1,7 @@
-"""shared.direct_reader: ingest reads its raw topics with aiokafka's consumer directly, in its
-own consumer group. On the real broker: where it starts (faust's group's commits on a first start,
-its own after), what it commits; and, pure, how a batch is shared out among partitions."""
+"""shared.direct_reader: ingest (raw topics) and the warehouse (result topics) read with aiokafka's
+consumer directly, each in its own consumer group. On the real broker: where it starts (faust's
+group's commits on a first start, its own after), what it commits; and, pure, how a batch is
+shared out among partitions, closed by a quiet period, and how a start waits for the coordinator."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import ConsumerRecord
 
+import shared.direct_reader as direct_reader
 from shared.app import ensure_topics
 from shared.direct_reader import DirectBatch, DirectReader
 from shared.settings import Settings
@@ -167,3 +170,32 @@ def test_a_quiet_period_closes_a_batch_early():
     assert waits[1:] == [50, 50]  # after the first fetch: at most the quiet period each
     _, waits = first_batch(quiet_s=None)
     assert all(w > 4_000 for w in waits[1:3])  # the rest of within_s
+
+
+def test_a_coordinator_not_up_yet_is_waited_for_not_a_failure(monkeypatch):
+    # A fresh broker creates its offsets topic on first use: until then the group coordinator is
+    # "not available", a retriable error. The reader waits for it instead of failing its start
+    # (which logged a traceback and restarted the warehouse's reader in the anomaly test).
+
+    attempts = []
+
+    async def adopt() -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise GroupCoordinatorNotAvailableError("not yet")
+
+    class Consumer:
+        def __init__(self, **kwargs: object) -> None:
+            self.started = False
+
+        def subscribe(self, topics: list[str], listener: object) -> None:
+            pass
+
+        async def start(self) -> None:
+            self.started = True
+
+    monkeypatch.setattr(direct_reader, "AIOKafkaConsumer", Consumer)
+    reader = DirectReader(Settings(), ["raw"], "g", "legacy", on_assigned=lambda tps: asyncio.sleep(0))
+    monkeypatch.setattr(reader, "_adopt_legacy_offsets", adopt)
+    asyncio.run(reader.start())
+    assert len(attempts) == 3 and reader.consumer.started
