@@ -82,18 +82,11 @@ class BatchResult:
     loaded: dict[bytes, KeyState] = field(default_factory=dict)
 
 
-def already_applied(state: KeyState, seq: list[int] | None) -> bool:
-    if seq is None:
-        return False
-    # seq = [source partition, position...]: positions compare as lists (an offset, then the
-    # place in a bundle and in the record's outputs, as far as the producing stage has them).
-    last = state.get("u", {}).get(str(seq[0]))
-    return last is not None and seq[1:] <= last
-
-
-def mark_applied(state: KeyState, seq: list[int] | None) -> None:
-    if seq is not None:
-        state.setdefault("u", {})[str(seq[0])] = seq[1:]
+def replay_mark(seq: list[int]) -> tuple[str, list[int]]:
+    """seq = [source partition, position...] -> (source, position). A state keeps, under "u", the
+    last position applied per source; positions compare as lists (an offset, then the place in a
+    bundle and in the record's outputs, as far as the producing stage has them)."""
+    return str(seq[0]), seq[1:]
 
 
 class WindowedAggregation:
@@ -216,9 +209,16 @@ class WindowedAggregation:
             if state is None:
                 state = states[key] = self._load(key)
             seq = rec.get("seq")
-            if already_applied(state, seq):
-                result.replayed += 1
-                continue
+            if seq is not None:
+                # Inline (per event and key): the mark is computed once for the check and the update.
+                source, position = replay_mark(seq)
+                marks = state.get("u")
+                if marks is None:
+                    marks = state["u"] = {}
+                last = marks.get(source)
+                if last is not None and position <= last:
+                    result.replayed += 1
+                    continue
             wm = watermarks.get(p)
             if wm is None:
                 wm = watermarks[p] = self.watermark(c)
@@ -230,9 +230,13 @@ class WindowedAggregation:
                 new_windows.setdefault(key, []).append(self.spec.start(rec["ts"]))
             if wm <= NEG_INF:
                 c.counted_before_watermark += 1
-            mark_applied(state, seq)
+            if seq is not None:
+                marks[source] = position
             result.counted += 1
-            touched.setdefault(p, set()).add(key)
+            keys = touched.get(p)
+            if keys is None:
+                keys = touched[p] = set()
+            keys.add(key)
             c.keys.add(key)
             c.retired.pop(key, None)
             state["p"] = p
