@@ -244,7 +244,8 @@ class MeshApp(faust.App):
 
     mesh_settings: Settings
     service: str = ""
-    # consumers a service runs besides faust's (ingest's raw reader): their lag is on /metrics too
+    # consumers a service runs besides faust's (shared/direct_reader.py: ingest's raw topics, the
+    # warehouse's inputs): their lag is on /metrics, their partitions count for /ready
     direct_consumers: list[Any]
     faust_consumer: bool
 
