@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -39,6 +39,8 @@ from shared.kafka_security import aiokafka_kwargs
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RESTART_S = 1.0
 
 OnAssigned = Callable[[set[TopicPartition]], Coroutine[Any, Any, None]]
 
@@ -94,6 +96,24 @@ class DirectReader(ConsumerRebalanceListener):
         )
         self.consumer.subscribe(self.topics, listener=self)
         await self.consumer.start()
+
+    async def run(
+        self, body: Callable[[], Awaitable[None]], name: str, should_stop: Callable[[], bool]
+    ) -> None:
+        """Join, run `body` (the caller's loop over `batches`) for the worker's life. A failure
+        restarts the reader after RESTART_S, as faust restarts a crashed agent: the batch that
+        failed was not committed and is read again."""
+        while not should_stop():
+            try:
+                await self.start()
+                await body()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; restarting its reader in %.0f s", name, RESTART_S)
+                await asyncio.sleep(RESTART_S)
+            finally:
+                await self.stop()
 
     async def stop(self) -> None:
         """Leave the group. Called by the task that runs the batches, so none is under way; not

@@ -56,7 +56,6 @@ SOURCE_NAMES = {
 }
 RAW_SOURCE_PARTITIONS = len(PARSERS) * PARTITIONS
 IDLE_CHECK_S = 0.5  # how often raw partitions are checked for "nothing left to read"
-VALIDATE_RESTART_S = 1.0
 
 join_state = keyed_table(app, "join_state", PARTITIONS)  # key: impression_id
 
@@ -109,19 +108,7 @@ join_lock = asyncio.Lock()
 
 @app.task
 async def validate() -> None:
-    """Runs for the worker's life; a failure restarts the reader (as faust restarts a crashed
-    agent): the batch that failed was not committed and is read again."""
-    while not app.should_stop:
-        try:
-            await raw_reader.start()
-            await validate_batches()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("validate failed; restarting the raw reader in %.0f s", VALIDATE_RESTART_S)
-            await asyncio.sleep(VALIDATE_RESTART_S)
-        finally:
-            await raw_reader.stop()
+    await raw_reader.run(validate_batches, "validate", lambda: app.should_stop)
 
 
 async def validate_batches() -> None:

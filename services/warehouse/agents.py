@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 topics = topic_names(settings)
 SINKS = sinks_for(topics)
 COLUMNS = columns_by_table(SINKS)
-PERSIST_RESTART_S = 1.0
 
 
 async def nothing_to_claim(assigned: set[Any]) -> None:
@@ -96,25 +95,13 @@ async def insert_with_retry(table: str, rows: list[Row], columns: list[str], tok
 
 @app.task
 async def persist() -> None:
-    """Runs for the worker's life; a failure restarts the reader (as faust restarts a crashed
-    agent): the batch that failed was not committed and is read again."""
-    while not app.should_stop:
-        try:
-            await reader.start()
-            # In the group (and ready) while ClickHouse is still away, as the agent was; nothing
-            # is read, so nothing is committed, until the schema is there.
-            await ensure_schema()
-            await persist_batches()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("persist failed; restarting the reader in %.0f s", PERSIST_RESTART_S)
-            await asyncio.sleep(PERSIST_RESTART_S)
-        finally:
-            await reader.stop()
+    await reader.run(persist_batches, "persist", lambda: app.should_stop)
 
 
 async def persist_batches() -> None:
+    # In the group (and ready) while ClickHouse is still away, as the agent was; nothing is read,
+    # so nothing is committed, until the schema is there.
+    await ensure_schema()
     rows_max, within_s = settings.warehouse_batch_rows, settings.warehouse_batch_seconds
     async for batch in reader.batches(rows_max, within_s, settings.warehouse_batch_quiet_seconds):
         async with reader.lock:
