@@ -26,8 +26,26 @@ if ! bash deploy/kafka.sh status >/dev/null 2>&1; then
   started_broker=1
 fi
 
+# Runs one service's worker and starts it again when it stops on a failure: a worker stops on
+# any error it cannot handle (crash-only, shared/app.py) and picks up from its commits and
+# changelogs, as `restart: unless-stopped` does in docker-compose.yml.
+supervise() {
+  local svc=$1 child=0 status
+  trap 'kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
+  while true; do
+    .venv/bin/faust -A "services.$svc" worker -l info >>"data/logs/$svc.log" 2>&1 &
+    child=$!
+    status=0
+    wait "$child" || status=$?
+    if [ "$status" = 0 ]; then exit 0; fi
+    echo "[run] $svc stopped (exit $status), starting it again in 2 s" >&2
+    sleep 2
+  done
+}
+
 for svc in $SERVICES; do
-  .venv/bin/faust -A "services.$svc" worker -l info >"data/logs/$svc.log" 2>&1 &
+  : >"data/logs/$svc.log"
+  supervise "$svc" &
   pids+=($!)
   echo "[run] $svc started (pid $!, log data/logs/$svc.log)" >&2
 done

@@ -18,6 +18,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from faust import web
 from faust.app.base import BootStrategy
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
+from mode import CrashingSupervisor
 from mode.utils.times import want_seconds
 
 from shared import consumer_fetch, consumer_rewind, message_handoff
@@ -256,6 +257,23 @@ class MeshApp(faust.App):
         self.sensors.remove(self.monitor)
         return deps
 
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        """An agent that raised stops the worker (crash-only), instead of faust's default of
+        restarting the agent in this process. That restart is unsafe here: the failed batch stays
+        unacknowledged and is not delivered again, so commits stall behind it until a rebalance;
+        and the in-memory companions of the tables (window clocks, due index, relays) may already
+        have moved past what the tables hold, so windows would not close until a restart. A new
+        process rebuilds both from the commits and the changelogs, as after kill -9 (which the
+        fault tests cover). Something must restart the worker: compose does, and so does
+        deploy/run-local.sh. (An exception in a timer already stops the worker: mode crashes the
+        app when one of its tasks fails.)"""
+        await super()._on_agent_error(agent, exc)
+        # With CrashingSupervisor (make_app) nothing restarts the agent meanwhile: a restarted
+        # agent could apply later events first, and their replay marks would then make the
+        # failed batch's events look like replays when a new worker reads them again.
+        self.log.critical("agent %s failed, stopping the worker: %r", agent, exc)
+        await self.crash(exc)
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
         # The tables' changelog topics too, as faust would create them (compaction settings):
@@ -322,6 +340,9 @@ def make_app(
         web_bind=settings.web_host,
         web_port=web_port,
         web_in_thread=False,
+        # An agent that raises stops the worker; faust's default restarts it in this process
+        # (see MeshApp._on_agent_error for why that is unsafe here).
+        agent_supervisor=CrashingSupervisor,
         producer_linger_ms=5,
         producer_max_batch_size=1_048_576,
         producer_acks=-1,

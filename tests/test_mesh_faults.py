@@ -9,6 +9,8 @@ import signal
 import time
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from services.generator.spec import TrafficSpec
 from tests.ctr_checks import FAST, assert_exact, produce, stream_with_tail, thirds
@@ -119,3 +121,43 @@ def test_clickhouse_unavailable_then_back(mesh_factory):
     del mesh.overrides["CLICKHOUSE_DSN"]  # back to the mesh's chDB
     mesh.start("warehouse")
     assert_exact(mesh, sent, spec, timeout=120)
+
+
+async def limit_message_bytes(bootstrap: str, topic: str, limit: int | None) -> None:
+    """Set (or with None, clear) the topic's max.message.bytes on the broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        configs = {} if limit is None else {"max.message.bytes": str(limit)}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+    finally:
+        await admin.close()
+
+
+def test_a_batch_that_cannot_be_published_stops_ctr_and_a_restart_changes_nothing(mesh_factory):
+    """The broker refuses ctr's results (they outgrow the topic's message size limit): the batch
+    fails after its windows were taken out of the in-memory clocks. ctr must stop rather than go
+    on in the same process (faust's default restarts the agent there, with that batch never acked,
+    so commits stall, and its windows never closed again); a new worker, once the topic takes the
+    results again, must deliver exactly what the oracle says."""
+    mesh = mesh_factory(**FAST)
+    mesh.start("ingest", "ctr", "warehouse")
+    spec = defective_spec(47, 6_000, 6)
+    first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
+    results = mesh.topic("ctr-metrics")
+
+    sent = asyncio.run(produce(mesh, first))
+    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "first windows")
+    asyncio.run(limit_message_bytes(mesh.bootstrap, results, 64))  # smaller than any result
+    try:
+        sent += asyncio.run(produce(mesh, second))
+        ctr = mesh.services["ctr"]
+        wait_for(lambda: ctr.proc.poll() is not None, 90, "ctr to stop after its publish failed")
+        assert ctr.proc.returncode != 0
+        assert "stopping the worker" in ctr.log()
+    finally:
+        asyncio.run(limit_message_bytes(mesh.bootstrap, results, None))
+    mesh.services.pop("ctr")
+    mesh.start("ctr")
+    sent += asyncio.run(produce(mesh, third))
+    assert_exact(mesh, sent, spec)
