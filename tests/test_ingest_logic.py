@@ -64,6 +64,46 @@ def test_invalid_impressions_are_rejected_with_a_reason(raw, reason):
     assert e.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("fields", "want"),
+    [
+        ({"campaign_id": " c1\t"}, {"campaign_id": "c1"}),  # stripped
+        ({"campaign_id": "\u2003c1"}, {"campaign_id": "c1"}),  # non-ASCII whitespace too
+        ({"campaign_id": 42}, {"campaign_id": "42"}),  # integer ids become strings
+        ({"campaign_id": "c" * 256}, {"campaign_id": "c" * 256}),  # the longest id
+        ({"campaign_id": " " + "c" * 256}, {"campaign_id": "c" * 256}),  # 256 once stripped
+        ({"device_type": " tablet "}, {"device_type": "tablet"}),
+        ({"device_type": "d" * 300}, {"device_type": "d" * 256}),  # cut, not rejected
+        ({"device_type": "  "}, {"device_type": "unknown"}),
+        ({"event_timestamp": float(TS) + 0.7}, {"ts": TS}),
+        ({"cost": 1}, {"cost_micros": 1_000_000}),
+        ({"cost": 1_000_000.0}, {"cost_micros": 1_000_000_000_000}),
+    ],
+)
+def test_values_are_normalized_at_the_edges_of_the_fast_paths(fields, want):
+    """formats.py takes a fast path for well-formed values; these sit just beside it."""
+    r = parse_impression(imp(**fields), LIM)
+    assert {k: r[k] for k in want} == want
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"campaign_id": "c" * 257}, "bad_value"),
+        ({"campaign_id": True}, "wrong_type"),
+        ({"event_timestamp": True}, "wrong_type"),
+        ({"device_type": 7}, "wrong_type"),
+        ({"cost": 1_000_000.5}, "bad_value"),
+        ({"cost": True}, "wrong_type"),
+        ({"impression_id": " "}, "empty_id"),
+    ],
+)
+def test_values_just_outside_the_fast_paths_are_rejected(fields, reason):
+    with pytest.raises(Rejected) as e:
+        parse_impression(imp(**fields), LIM)
+    assert e.value.reason == reason
+
+
 def test_unknown_extra_fields_are_tolerated():
     assert parse_impression(imp(extra={"x": 1}), LIM)["id"] == "i1"
 

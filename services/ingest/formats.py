@@ -53,7 +53,20 @@ def decode_object(raw: bytes | None, limits: Limits) -> dict[str, Any]:
     return obj
 
 
+# The helpers below start with a fast path for the common well-formed value, which returns what
+# the full checks after it would (a str of 1-256 characters without surrounding whitespace is its
+# own strip(); strip() and isspace() agree on what whitespace is). Anything else takes the full
+# checks, which decide every rejection. Parsing was 12.4 us per impression, 14% of ingest.
+
+
 def req_id(obj: dict[str, Any], field: str) -> str:
+    v = obj.get(field)
+    if type(v) is str and 0 < len(v) <= MAX_ID_LEN and not v[0].isspace() and not v[-1].isspace():
+        return v
+    return _checked_id(obj, field)
+
+
+def _checked_id(obj: dict[str, Any], field: str) -> str:
     if field not in obj or obj[field] is None:
         raise Rejected("missing_field", field)
     v = obj[field]
@@ -69,6 +82,8 @@ def req_id(obj: dict[str, Any], field: str) -> str:
 
 def opt_str(obj: dict[str, Any], field: str, default: str = "unknown") -> str:
     v = obj.get(field)
+    if type(v) is str and 0 < len(v) <= MAX_ID_LEN and not v[0].isspace() and not v[-1].isspace():
+        return v
     if v is None:
         return default
     if not isinstance(v, str):
@@ -78,6 +93,9 @@ def opt_str(obj: dict[str, Any], field: str, default: str = "unknown") -> str:
 
 
 def epoch_ms(obj: dict[str, Any], field: str, limits: Limits, *, now_ms: int | None = None) -> int:
+    v = obj.get(field)
+    if type(v) is int:
+        return check_ts(v, field, limits, now_ms=now_ms)
     if field not in obj or obj[field] is None:
         raise Rejected("missing_field", field)
     v = obj[field]
@@ -102,6 +120,8 @@ def check_ts(ts: int, field: str, limits: Limits, *, now_ms: int | None = None) 
 
 def money_micros(obj: dict[str, Any], field: str) -> int:
     v = obj.get(field, 0)
+    if type(v) is float and 0.0 <= v <= 1_000_000:  # NaN fails both comparisons
+        return round(v * 1_000_000)
     if v is None:
         return 0
     if isinstance(v, bool) or not isinstance(v, int | float):
@@ -114,10 +134,11 @@ def money_micros(obj: dict[str, Any], field: str) -> int:
 
 def parse_impression(raw: bytes | None, limits: Limits) -> dict[str, Any]:
     o = decode_object(raw, limits)
+    impression_id = req_id(o, "impression_id")
     rec = {
         "kind": "impression",
-        "id": req_id(o, "impression_id"),
-        "impression_id": req_id(o, "impression_id"),
+        "id": impression_id,
+        "impression_id": impression_id,
         "user_id": req_id(o, "user_id"),
         "campaign_id": req_id(o, "campaign_id"),
         "ad_id": req_id(o, "ad_id"),
