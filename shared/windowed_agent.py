@@ -44,7 +44,8 @@ class PartitionClock:
     # watermark moves, only these keys can change: scanning every key with windows, as before,
     # made each live batch load and parse thousands of user states (44% of engagement at 3,500/s).
     due: dict[int, set[bytes]] = field(default_factory=dict)
-    # keys with no window left, kept (with their replay marks) until the watermark moved on
+    # keys with no window left, kept (with their replay marks) until the watermark moved on;
+    # key -> watermark when retired, in that order (oldest first): expiry reads only the front
     retired: dict[bytes, int] = field(default_factory=dict)
     # events counted while the watermark was still unknown (-inf): nothing can be judged late then
     counted_before_watermark: int = 0
@@ -145,7 +146,8 @@ class WindowedAggregation:
             for key, raw in self.table.items():
                 state = orjson.loads(raw)
                 self._restored.setdefault(state["p"], []).append((key, state["wm"], bool(state["w"])))
-        for key, wm, has_windows in self._restored.pop(p, []):
+        # Oldest first, so that `retired` is in the order its entries expire.
+        for key, wm, has_windows in sorted(self._restored.pop(p, []), key=lambda r: r[1]):
             c.floor = max(c.floor, wm)
             if key.startswith(WATERMARK_KEY_PREFIX):
                 continue
@@ -331,6 +333,7 @@ class WindowedAggregation:
             result.emits.extend(emits)
             if not state["w"]:
                 c.keys.discard(key)
+                c.retired.pop(key, None)  # to the back: `retired` stays in watermark order
                 c.retired[key] = wm
             else:
                 # Indexed: the windows opened in this batch, or all of a restored key's. The other
@@ -365,10 +368,16 @@ class WindowedAggregation:
             before = c.closed_to if c.closed_to > NEG_INF else c.floor
             result.passed.extend((p, start, end) for start, end in self.spec.passed(before, wm))
             c.closed_to = wm
-            for key, since in list(c.retired.items()):
-                if wm - since > self.retain_ms:
-                    result.writes[key] = None
-                    del c.retired[key]
+            # Only the front: the watermark only grows, so the oldest retirements expire first.
+            # (Scanning all of them cost 0.18 us per retired key on every move: 18 ms with 100k.)
+            expired = []
+            for key, since in c.retired.items():
+                if wm - since <= self.retain_ms:
+                    break
+                expired.append(key)
+            for key in expired:
+                result.writes[key] = None
+                del c.retired[key]
             # Persisted so that after a restart no window that was already closed and dropped can
             # be opened again by an event that is late (the restored watermark is the floor).
             result.writes[watermark_key(p, self.partition_count)] = table_json({"p": p, "wm": wm, "w": {}})

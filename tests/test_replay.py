@@ -171,3 +171,31 @@ def test_every_window_of_a_key_closes_and_drops_on_time_across_batches():
     w.commit_states(r)
     assert [(e.start_ms, e.aggregate[0]) for e in r.emits] == [(20_000, 1)]
     assert sorted(orjson.loads(table[b"c1"])["w"]) == ["20000"]  # dropped at 35 s
+
+
+def key_imp(key, ts, off):
+    return (
+        0,
+        key,
+        {"kind": "impression", "campaign_id": key.decode(), "ts": ts, "cost_micros": 0, "seq": [0, off, 0]},
+    )
+
+
+def test_replay_marks_of_keys_without_windows_are_deleted_in_the_order_they_retired():
+    """Expiry reads only the front of the retired keys: they must be in retirement order, also
+    when a key retires a second time and when they come from a recovered table."""
+    table: dict[bytes, bytes] = {}
+    w = WindowedAggregation(table, SPEC, idle_timeout_s=60, partitions=1)
+    w.commit_states(
+        w.process([key_imp(b"a", 1_000, 1), key_imp(b"b", 1_000, 2), (0, b"", marker(2_000))], contribute)
+    )
+    w.commit_states(w.process([(0, b"", marker(20_000))], contribute))  # a, b retire at 20 s
+    w.commit_states(w.process([key_imp(b"a", 21_000, 3), (0, b"", marker(22_000))], contribute))
+    w.commit_states(w.process([(0, b"", marker(40_000))], contribute))  # a retires again at 40 s
+    # A restart: the recovered table lists a (retired at 40 s) before b (at 20 s).
+    recovered = {k: table[k] for k in sorted(table)}
+    for restarted in (w, WindowedAggregation(recovered, SPEC, idle_timeout_s=60, partitions=1)):
+        r = restarted.process([(0, b"", marker(20_000 + w.retain_ms + 1))], contribute)
+        assert {k for k, v in r.writes.items() if v is None} == {b"b"}
+        r = restarted.process([(0, b"", marker(40_000 + w.retain_ms + 1))], contribute)
+        assert {k for k, v in r.writes.items() if v is None} == {b"a"}
