@@ -289,6 +289,7 @@ class DirectBatch:
         self.reader = reader
         self.generation = generation
         self.records = records
+        self._next_offsets: dict[TopicPartition, int] | None = None
 
     @property
     def stale(self) -> bool:
@@ -297,8 +298,11 @@ class DirectBatch:
         return self.generation != self.reader.generation or self.reader.consumer is None
 
     def next_offsets(self) -> dict[TopicPartition, int]:
-        """Partition -> the offset after its last record in the batch (what a commit says)."""
-        offsets: dict[TopicPartition, int] = {}
-        for r in self.records:
-            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
-        return offsets
+        """Partition -> the offset after its last record in the batch (what a commit says).
+        Worked out once (ingest asks twice), with a TopicPartition per partition, not per record."""
+        if self._next_offsets is None:
+            last: dict[tuple[str, int], int] = {}
+            for r in self.records:
+                last[(r.topic, r.partition)] = r.offset
+            self._next_offsets = {TopicPartition(t, p): o + 1 for (t, p), o in last.items()}
+        return self._next_offsets

@@ -124,6 +124,15 @@ def test_a_batch_is_shared_out_among_the_partitions_in_offset_order():
     assert reader._pending == {} and reader._pending_count() == 0
 
 
+def test_a_batch_commits_past_its_last_record_of_each_partition():
+    reader = DirectReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
+    records = [record(0, 3), record(0, 4), record(1, 9), record(0, 5), record(2, 0)]
+    batch = DirectBatch(reader, reader.generation, records)
+    want = {TopicPartition("raw", 0): 6, TopicPartition("raw", 1): 10, TopicPartition("raw", 2): 1}
+    assert batch.next_offsets() == want
+    assert batch.next_offsets() == want  # asked again (ingest does): the same
+
+
 def test_a_batch_fetched_before_a_rebalance_is_not_handed_on():
     reader = DirectReader(Settings(), ["raw"], "g", None, on_assigned=lambda tps: asyncio.sleep(0))
     reader.consumer = object()  # started, as far as the batch can tell

@@ -280,7 +280,9 @@ class JoinBatch:
         for i, rec in enumerate(outcome.emit):
             outcomes[f"counted:{rec['kind']}"] += 1
             # seq lets ctr/engagement recognise a canonical event produced again after a crash.
-            rec = {**rec, "seq": [*seq_base, i]} if seq_base is not None else rec
+            # (Set in place: the join makes each emitted record afresh, see join.canonical.)
+            if seq_base is not None:
+                rec["seq"] = [*seq_base, i]
             self.canonical.add(canonical_key(rec), orjson.dumps(rec))
         for rec in outcome.discard:
             outcomes[rec["reason"]] += 1

@@ -20,7 +20,8 @@ INHERITED = ("campaign_id", "ad_id", "device_type", "browser")
 
 @dataclass
 class Outcome:
-    emit: list[Record] = field(default_factory=list)  # canonical events, in order
+    # canonical events, in order: each a new dict, which the caller may change
+    emit: list[Record] = field(default_factory=list)
     discard: list[Record] = field(default_factory=list)  # duplicates and orphans, with a reason
 
 
