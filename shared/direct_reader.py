@@ -53,8 +53,13 @@ class DirectReader(ConsumerRebalanceListener):
         group_id: str,
         legacy_group_id: str | None,
         on_assigned: OnAssigned,
+        track_committed: bool = False,
     ) -> None:
+        """`track_committed`: look up the committed offsets of partitions when they are assigned
+        (`committed_offset`, for ingest's idle check); an admin round trip per rebalance that a
+        reader nobody asks spares."""
         self.settings = settings
+        self.track_committed = track_committed
         self.topics = sorted(topics)
         self.group_id = group_id
         self.legacy_group_id = legacy_group_id
@@ -132,10 +137,11 @@ class DirectReader(ConsumerRebalanceListener):
                 self.committed.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        try:
-            self.committed.update(await self._group_offsets(self.group_id, sorted(assigned)))
-        except KafkaError as exc:  # only the idle check reads these, and it will wait for reads
-            log.warning("direct reader %s: committed offsets not looked up: %r", self.group_id, exc)
+        if self.track_committed:
+            try:
+                self.committed.update(await self._group_offsets(self.group_id, sorted(assigned)))
+            except KafkaError as exc:  # only the idle check reads these, and it waits for reads
+                log.warning("direct reader %s: committed offsets not looked up: %r", self.group_id, exc)
         async with self.lock:
             await self.on_assigned(assigned)
 

@@ -92,7 +92,12 @@ async def claim_raw_partitions(assigned: set[TopicPartition]) -> None:
 # The raw topics bypass faust's per-message path (shared/direct_reader.py); the faust group
 # that read them before keeps the offsets a first start begins from.
 raw_reader = DirectReader(
-    settings, topics.raw_sources(), f"{app.conf.id}-raw", app.conf.id, on_assigned=claim_raw_partitions
+    settings,
+    topics.raw_sources(),
+    f"{app.conf.id}-raw",
+    app.conf.id,
+    on_assigned=claim_raw_partitions,
+    track_committed=True,  # the idle check (raw_activity) reads them
 )
 raw_activity = SourceActivity(
     raw_reader, topics.raw_sources(), settings.source_idle_timeout_ms / 1000, never_active_quiet_s=0.0
