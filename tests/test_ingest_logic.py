@@ -255,3 +255,19 @@ def test_expiry_index_hands_out_only_due_buckets_and_moves_keys():
     assert idx.due(4_999) == []
     idx.untrack(b"b")
     assert idx.due(10_000) == []
+
+
+def test_expiry_index_hands_out_buckets_in_time_order_also_when_made_again():
+    from services.ingest.agents import ExpiryIndex
+
+    idx = ExpiryIndex(bucket_ms=1_000)
+    for i, due_ms in enumerate([9_000, 3_000, 7_000, 1_000, 5_000]):
+        idx.track(f"k{i}".encode(), due_ms)
+    assert sorted(idx.due(5_000)) == [b"k1", b"k3", b"k4"]
+    idx.track(b"late", 2_000)  # a bucket already swept is made again: the next sweep has it
+    idx.track(b"k0", 6_000)  # moved earlier, out of the 9 s bucket
+    assert sorted(idx.due(6_500)) == [b"k0", b"late"]
+    assert idx.due(6_999) == []
+    assert idx.due(7_000) == [b"k2"]
+    assert idx.due(100_000) == []  # the 9 s bucket was left empty by the move
+    assert idx.buckets == {} and idx.bucket_of == {}
