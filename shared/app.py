@@ -27,6 +27,7 @@ from shared.kafka_batches import murmur2
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
 from shared.logs import logging_config
 from shared.metrics import PrometheusSensor, consumers, exposition, refresh_consumer_lag
+from shared.recovery_watchdog import CHECK_EVERY_S, RecoveryWatchdog
 from shared.settings import Settings, get_settings
 from shared.topics import topic_names
 
@@ -369,7 +370,28 @@ def make_app(
     app.direct_consumers = []
     app.sensors.add(PrometheusSensor(service))
     add_health_views(app, service)
+    if faust_consumer:
+        watch_table_recovery(app, settings.recovery_stall_timeout_ms / 1000)
     return app
+
+
+def watch_table_recovery(app: MeshApp, timeout_s: float) -> None:
+    """Stop the worker when its table recovery stands still (shared/recovery_watchdog.py)."""
+    watchdog = RecoveryWatchdog(timeout_s)
+
+    @app.timer(interval=CHECK_EVERY_S, name=f"{app.conf.id}.watch_table_recovery")
+    async def watch_table_recovery() -> None:
+        if watchdog.broken:
+            return
+        try:
+            reason = watchdog.check(app.tables.recovery)
+        except Exception:  # faust's internals changed: warn once, and never stop a worker for it
+            log.exception("the table recovery watchdog cannot read faust's recovery; it stops")
+            watchdog.broken = True
+            return
+        if reason is not None:
+            app.log.critical("stopping the worker: %s", reason)
+            await app.crash(RuntimeError(reason))
 
 
 def add_health_views(app: faust.App, service: str) -> None:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
 
     # Local state (faust data dirs, the default chDB path).
     data_dir: str = "./data"
+    # A worker whose table recovery applies nothing for this long stops, to be started again
+    # (shared/recovery_watchdog.py): faust's recovery can stall after a quick rebalance.
+    recovery_stall_timeout_ms: int = Field(120_000, ge=10_000)
 
     # --- event time ------------------------------------------------------------------------
     window_size_ms: int = Field(60_000, ge=1)
