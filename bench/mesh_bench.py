@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import traffic
 from bench.kafka_probe import OffsetProbe
@@ -119,6 +120,24 @@ def machine() -> dict:
         "python": platform.python_version(),
         "loadavg_at_start": loadavg(),
     }
+
+
+# A broker holding this many topics from earlier runs (every test makes its own) slows the run.
+CROWDED_BROKER_TOPICS = 500
+
+
+async def broker_load(bootstrap: str) -> dict[str, int]:
+    """Topics and partitions the broker holds at the start. One left with 2,296 topics (6,840
+    partitions) by a run of the test suite made every system here 15-20% slower (L2 11.9 against
+    10.0 µs per event, the mesh 233 against 193), through the broker's own upkeep of them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = await admin.list_topics()
+        described = await admin.describe_topics(topics) if topics else []
+    finally:
+        await admin.close()
+    return {"topics": len(topics), "partitions": sum(len(t.get("partitions", ())) for t in described)}
 
 
 class Broker:
@@ -692,6 +711,13 @@ async def main_async(a: argparse.Namespace) -> dict:
     broker = Broker(a.bootstrap, a.workdir)
     bootstrap = broker.start()
     results["broker"] = bootstrap
+    results["machine"]["broker_at_start"] = held = await broker_load(bootstrap)
+    if held["topics"] > CROWDED_BROKER_TOPICS:
+        log(
+            f"the broker holds {held['topics']:,} topics ({held['partitions']:,} partitions) from "
+            "earlier runs: every figure will be lower (docs/benchmark.md); a fresh broker is "
+            "`bash deploy/kafka.sh stop; rm -rf data/kafka; bash deploy/kafka.sh start`"
+        )
     probe = OffsetProbe(bootstrap)
     await probe.start()
     scales = [int(x) for x in a.scales.split(",") if x.strip()]
@@ -940,9 +966,11 @@ async def main_async(a: argparse.Namespace) -> dict:
 
 def summary_markdown(r: dict) -> str:
     m = r["machine"]
+    held_topics = f"{m['broker_at_start']['topics']:,}" if "broker_at_start" in m else "?"
     lines = [
         f"Run {r['date']} on {m['cores']} cores / {m['memory_gib']} GiB ({m['cpu']}), Python {m['python']}, "
-        f"load average at start {m['loadavg_at_start']}; {r['phase_seconds'].get('total')} s in all; "
+        f"load average at start {m['loadavg_at_start']}; broker holding {held_topics} topics at start; "
+        f"{r['phase_seconds'].get('total')} s in all; "
         f"commit {r.get('git', {}).get('commit')}.",
         "",
         "| system | events | events/s (wall) | CPU us/event | peak RSS MiB | notes |",
