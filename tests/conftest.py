@@ -73,6 +73,7 @@ def mesh_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[callable]:
     yield make
     for m in meshes:
         m.stop_all()
+        m.delete_topics()
 
 
 @pytest.hookimpl(hookwrapper=True)
