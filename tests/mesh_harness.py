@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -64,6 +65,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
+# The line the recovery watchdog logs when it stops a worker (shared/app.py).
+WATCHDOG_STOP = "stopping the worker: table recovery"
+
+
 @dataclass
 class Service:
     name: str
@@ -71,6 +76,8 @@ class Service:
     port: int
     log_path: Path
     log_start: int = 0  # earlier runs of the same service are kept above this offset
+    service: str = ""  # the service it runs (name = service + instance)
+    instance: str = ""
 
     def log(self) -> str:
         """This run's log."""
@@ -100,6 +107,11 @@ class Mesh:
     overrides: dict[str, str] = field(default_factory=dict)
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}-")
     services: dict[str, Service] = field(default_factory=dict)
+    # names of workers started again after the recovery watchdog stopped them (see `supervise`)
+    restarted: list[str] = field(default_factory=list)
+    _supervisor: threading.Thread | None = None
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _closed: bool = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -138,14 +150,38 @@ class Mesh:
                 start_new_session=True,
             )
             log_file.close()
-            self.services[name] = Service(name, proc, port, log_path, log_start)
+            with self._lock:
+                self.services[name] = Service(name, proc, port, log_path, log_start, service, instance)
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise_loop, daemon=True)
+            self._supervisor.start()
         if wait:
             for service in names:
                 name = f"{service}{instance}"
                 wait_for(self.services[name].ready, 90, f"{name} to be ready")
 
+    def supervise(self) -> None:
+        """What compose's restart policy does for a worker the recovery watchdog stopped
+        (shared/recovery_watchdog.py: faust's recovery stall): start it again. Only for that
+        reason: any other exit stays an error the test sees."""
+        with self._lock:
+            for name, svc in list(self.services.items()):
+                if svc.proc.poll() not in (None, 0) and WATCHDOG_STOP in svc.log():
+                    self.services.pop(name)
+                    self.restarted.append(name)
+                    self.start(svc.service, wait=False, instance=svc.instance)
+
+    def _supervise_loop(self) -> None:
+        while not self._closed:
+            try:
+                self.supervise()
+            except Exception as exc:  # a start that failed: the test's own waits will say so
+                warnings.warn(f"restarting a stopped worker failed: {exc!r}", stacklevel=1)
+            time.sleep(1.0)
+
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        svc = self.services.pop(name, None)
+        with self._lock:
+            svc = self.services.pop(name, None)
         if svc is None or svc.proc.poll() is not None:
             return
         os.killpg(svc.proc.pid, sig)
@@ -156,6 +192,7 @@ class Mesh:
             svc.proc.wait()
 
     def stop_all(self) -> None:
+        self._closed = True
         for name in list(self.services):
             self.stop(name)
 
