@@ -377,17 +377,18 @@ def make_app(
 
 def watch_table_recovery(app: MeshApp, timeout_s: float) -> None:
     """Stop the worker when its table recovery stands still (shared/recovery_watchdog.py)."""
-    watchdog = RecoveryWatchdog(timeout_s)
+    watchdog: RecoveryWatchdog | None = RecoveryWatchdog(timeout_s)
 
     @app.timer(interval=CHECK_EVERY_S, name=f"{app.conf.id}.watch_table_recovery")
     async def watch_table_recovery() -> None:
-        if watchdog.broken:
+        nonlocal watchdog
+        if watchdog is None:
             return
         try:
             reason = watchdog.check(app.tables.recovery)
         except Exception:  # faust's internals changed: warn once, and never stop a worker for it
             log.exception("the table recovery watchdog cannot read faust's recovery; it stops")
-            watchdog.broken = True
+            watchdog = None
             return
         if reason is not None:
             app.log.critical("stopping the worker: %s", reason)

@@ -106,8 +106,11 @@ class DirectReader(ConsumerRebalanceListener):
         self, body: Callable[[], Awaitable[None]], name: str, should_stop: Callable[[], bool]
     ) -> None:
         """Join, run `body` (the caller's loop over `batches`) for the worker's life. A failure
-        restarts the reader after RESTART_S, as faust restarts a crashed agent: the batch that
-        failed was not committed and is read again."""
+        restarts the reader after RESTART_S, in this process: the batch that failed was not
+        committed and is read again from the commits. Unlike a faust agent (crash-only, see
+        MeshApp._on_agent_error), nothing here keeps consuming past the failed batch meanwhile;
+        the one thing kept across is ingest's `raw_progress`, which may include that batch's
+        events (harmless within the watermark delay plus allowed lateness)."""
         while not should_stop():
             try:
                 await self.start()

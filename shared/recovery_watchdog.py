@@ -26,7 +26,6 @@ class RecoveryWatchdog:
         self.clock = clock
         self._progress: Any = None
         self._since = 0.0
-        self.broken = False  # set by the caller when `check` failed: faust's internals changed
 
     def check(self, recovery: Any) -> str | None:
         """`recovery`: faust's table Recovery service. None while it moves or is not running;
