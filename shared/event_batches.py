@@ -8,17 +8,28 @@ raw event, that machinery was a quarter of the process's CPU in the profile.
 
 Kept from faust, as its stream iterator does them:
 - events fetched before a rebalance (another generation, or while the flow is suspended) are not
-  handed on, and are acked as faust acks them (faust seeks the partitions back to their commits);
+  handed on (faust seeks the partitions back to their commits and they are read again);
 - every event of an acking topic is tracked as unacknowledged until it is acked, so the offsets
   committed never pass an event not yet processed;
 - errors thrown into the channel are raised here.
+
+Changed: events not handed on are not acked either. faust's stream acks them, and a batch is taken
+over up to `within_s`, so the check comes that much after the take: a worker stopped meanwhile
+(SIGTERM: faust suspends the flow, then commits what is acked while its agents still run) acked a
+batch it never processed, its last commit went past it, and the partitions' next owner began
+after it: lost. Unacked, they are read again by whoever owns the partitions next (after a
+rebalance, this worker: faust seeks to the commits). They were never tracked, so nothing waits
+for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 async def event_batches(
@@ -62,12 +73,17 @@ async def event_batches(
         for event in taken:
             message = event.message
             if not active or message.generation_id != generation:
-                event.ack()  # as faust does: read again from the committed offset
-                continue
+                continue  # not acked: read again from the committed offset (see above)
             if message.topic in acking_topics and not message.tracked:
                 message.tracked = True
                 unacked.add(message)
             events.append(event)
+        if len(events) < len(taken):
+            log.info(
+                "%d events taken as the flow stopped (a rebalance or a stop): left unacked, to be "
+                "read again from the commits",
+                len(taken) - len(events),
+            )
         if not events:
             continue
         yield events

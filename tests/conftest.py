@@ -86,4 +86,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         reporter = item.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"\n[timed out, may be rerun] {item.nodeid} ({report.when}):")
-            reporter.write_line(str(call.excinfo.value)[:4000])
+            reporter.write_line(str(call.excinfo.value)[:20000])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -44,16 +45,26 @@ def tail(after_ms: int, n: int) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
-async def produce(mesh: Mesh, messages: list[tuple[str, bytes, bytes]]) -> list[Sent]:
+async def produce(
+    mesh: Mesh, messages: list[tuple[str, bytes, bytes]], chunk: int | None = None, pause_s: float = 0.0
+) -> list[Sent]:
+    """Send the messages and wait for the broker's acks; with `chunk`, that many at a time with a
+    pause after each (a stream still flowing while a test moves workers)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=mesh.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
     )
     await producer.start()
+    step = chunk or max(len(messages), 1)
+    metas = []
     try:
-        futures = [
-            await producer.send(mesh.topic(TOPIC_OF[kind]), value, key=key) for kind, key, value in messages
-        ]
-        metas = await asyncio.gather(*futures)
+        for i in range(0, len(messages), step):
+            futures = [
+                await producer.send(mesh.topic(TOPIC_OF[kind]), value, key=key)
+                for kind, key, value in messages[i : i + step]
+            ]
+            metas += await asyncio.gather(*futures)
+            if pause_s:
+                await asyncio.sleep(pause_s)
     finally:
         await producer.stop()
     return [
@@ -124,6 +135,17 @@ def stream_with_tail(spec: TrafficSpec, join_window_ms: int, delay_ms: int) -> l
     return [(m.topic_kind, m.key, m.value) for m in generated] + tail(
         last_ts + join_window_ms + delay_ms + 5_000, 100
     )
+
+
+def produce_in_background(mesh: Mesh, messages: list[tuple[str, bytes, bytes]]) -> Future[list[Sent]]:
+    """`produce` trickling (50 messages every 50 ms) in a thread: a test stops a worker meanwhile,
+    so the worker stops with input arriving, as a rolling restart does. (Stopping it idle hid a
+    loss: a batch taken as faust suspends the flow for the stop was acked, unprocessed, and
+    committed; shared/event_batches.py.)"""
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(asyncio.run, produce(mesh, messages, chunk=50, pause_s=0.05))
+    pool.shutdown(wait=False)
+    return future
 
 
 def thirds(messages: list[Any]) -> list[list[Any]]:

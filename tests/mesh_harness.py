@@ -100,6 +100,24 @@ class Service:
             raise
 
 
+def summarised(body: Any) -> Any:
+    """A /watermarks body with each "sources" listing cut to what explains a stall: how many
+    sources, how many idle, and the one furthest behind."""
+    if isinstance(body, list):
+        return [summarised(v) for v in body]
+    if not isinstance(body, dict):
+        return body
+    out = {}
+    for k, v in body.items():
+        if k == "sources" and isinstance(v, dict) and v and all(isinstance(s, dict) for s in v.values()):
+            behind = min(v, key=lambda s: v[s].get("event_time_ms", 0))
+            idle = sum(1 for s in v.values() if s.get("idle"))
+            out[k] = {"n": len(v), "idle": idle, "behind": {behind: v[behind]}}
+        else:
+            out[k] = summarised(v)
+    return out
+
+
 @dataclass
 class Mesh:
     bootstrap: str
@@ -238,14 +256,16 @@ class Mesh:
     def diagnostics(self) -> str:
         """What a stalled mesh waits for: every running service's event-time progress."""
         out = []
-        for name, svc in self.services.items():
-            for path in ("/watermarks", "/stats"):
+        # The counts first: a watermark listing (one line per upstream source and partition) cut
+        # off everything after ingest's once, and so what ctr held.
+        for path in ("/stats", "/watermarks"):
+            for name, svc in self.services.items():
                 try:
                     status, body = svc.get_json(path)
                 except Exception as exc:  # diagnostics must not hide the failure they explain
                     status, body = "unreachable", repr(exc)
                 if status != 404:
-                    out.append(f"{name} {path} [{status}]: {orjson.dumps(body).decode()[:4000]}")
+                    out.append(f"{name} {path} [{status}]: {orjson.dumps(summarised(body)).decode()[:3000]}")
         return "\n".join(out)
 
     def errors_in_logs(self) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from services.generator.spec import TrafficSpec
-from tests.ctr_checks import FAST, assert_exact, produce, stream_with_tail, thirds
+from tests.ctr_checks import FAST, assert_exact, produce, produce_in_background, stream_with_tail, thirds
 from tests.mesh_harness import free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,9 +56,10 @@ def test_a_second_ctr_worker_joins_and_leaves_mid_stream(mesh_factory):
 
     sent = asyncio.run(produce(mesh, first))
     mesh.start("ctr", instance="-2")  # joins: partitions and their table state move to it
-    sent += asyncio.run(produce(mesh, second))
+    flowing = produce_in_background(mesh, second)
     mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "windows")
-    mesh.stop("ctr-2")  # leaves: its partitions come back with the state it wrote
+    mesh.stop("ctr-2")  # leaves with input arriving: its partitions come back with the state it wrote
+    sent += flowing.result()
     sent += asyncio.run(produce(mesh, third))
     assert_exact(mesh, sent, spec)
 
@@ -78,11 +79,12 @@ def test_a_second_ingest_worker_joins_and_leaves_mid_stream(mesh_factory):
 
     sent = asyncio.run(produce(mesh, first))
     mesh.start("ingest", instance="-2")  # joins: raw and ingest-by-key partitions move to it
-    sent += asyncio.run(produce(mesh, second))
+    flowing = produce_in_background(mesh, second)
     # It has validated and joined events of its own before it leaves.
     second_worker = mesh.services["ingest-2"]
     mesh.wait_for(lambda: counted(second_worker.get_json("/stats")[1]) > 0, 60, "ingest-2 counting")
-    mesh.stop("ingest-2")  # leaves mid-stream: its partitions come back
+    mesh.stop("ingest-2")  # leaves mid-stream, input arriving: its partitions come back
+    sent += flowing.result()
     sent += asyncio.run(produce(mesh, third))
     assert_exact(mesh, sent, spec)
 
