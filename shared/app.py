@@ -27,7 +27,7 @@ from shared.kafka_batches import murmur2
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
 from shared.logs import logging_config
 from shared.metrics import PrometheusSensor, consumers, exposition, refresh_consumer_lag
-from shared.recovery_watchdog import CHECK_EVERY_S, RecoveryWatchdog
+from shared.recovery_watchdog import CHECK_EVERY_S, Kick, RecoveryWatchdog, Stop
 from shared.settings import Settings, get_settings
 from shared.topics import topic_names
 
@@ -275,6 +275,12 @@ class MeshApp(faust.App):
         self.log.critical("agent %s failed, stopping the worker: %r", agent, exc)
         await self.crash(exc)
 
+    async def on_started(self) -> None:
+        if self.faust_consumer:  # tables to recover
+            timeout_s = self.mesh_settings.recovery_stall_timeout_ms / 1000
+            self.add_future(watch_table_recovery(self, timeout_s))
+        await super().on_started()  # waits for the first table recovery, then starts timers
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
         # The tables' changelog topics too, as faust would create them (compaction settings):
@@ -370,29 +376,29 @@ def make_app(
     app.direct_consumers = []
     app.sensors.add(PrometheusSensor(service))
     add_health_views(app, service)
-    if faust_consumer:
-        watch_table_recovery(app, settings.recovery_stall_timeout_ms / 1000)
     return app
 
 
-def watch_table_recovery(app: MeshApp, timeout_s: float) -> None:
-    """Stop the worker when its table recovery stands still (shared/recovery_watchdog.py)."""
-    watchdog: RecoveryWatchdog | None = RecoveryWatchdog(timeout_s)
-
-    @app.timer(interval=CHECK_EVERY_S, name=f"{app.conf.id}.watch_table_recovery")
-    async def watch_table_recovery() -> None:
-        nonlocal watchdog
-        if watchdog is None:
-            return
+async def watch_table_recovery(app: MeshApp, timeout_s: float) -> None:
+    """Kick, then stop, the worker when its table recovery stands still
+    (shared/recovery_watchdog.py). Started by MeshApp.on_started before faust waits for the first
+    recovery: faust starts timers only after it, so a timer would miss a stall at start-up."""
+    watchdog = RecoveryWatchdog(timeout_s)
+    while not app.should_stop:
+        await app.sleep(CHECK_EVERY_S)
         try:
-            reason = watchdog.check(app.tables.recovery)
-        except Exception:  # faust's internals changed: warn once, and never stop a worker for it
+            action = watchdog.check(app.tables.recovery)
+            if isinstance(action, Kick):
+                log.warning("%s: reading them again from %s", action.reason, action.offsets)
+                app.consumer.resume_partitions(action.offsets)
+                await app.consumer.seek_wait(action.offsets)
+        except Exception:  # faust's internals changed: say so, and never stop a worker for it
             log.exception("the table recovery watchdog cannot read faust's recovery; it stops")
-            watchdog = None
             return
-        if reason is not None:
-            app.log.critical("stopping the worker: %s", reason)
-            await app.crash(RuntimeError(reason))
+        if isinstance(action, Stop):
+            app.log.critical("stopping the worker: %s", action.reason)
+            await app.crash(RuntimeError(action.reason))
+            return
 
 
 def add_health_views(app: faust.App, service: str) -> None:

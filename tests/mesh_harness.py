@@ -67,6 +67,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 # The line the recovery watchdog logs when it stops a worker (shared/app.py).
 WATCHDOG_STOP = "stopping the worker: table recovery"
+FAULTY_FAUST = "tests.faults.faust_worker"
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Service:
     log_start: int = 0  # earlier runs of the same service are kept above this offset
     service: str = ""  # the service it runs (name = service + instance)
     instance: str = ""
+    faults: bool = False  # started through tests/faults/faust_worker.py
 
     def log(self) -> str:
         """This run's log."""
@@ -147,9 +149,10 @@ class Mesh:
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    def start(self, *names: str, wait: bool = True, instance: str = "") -> None:
+    def start(self, *names: str, wait: bool = True, instance: str = "", faults: bool = False) -> None:
         """Start services; `instance` runs another worker of the same service (same consumer group)
-        under the name f"{name}{instance}", with its own data dir and web port."""
+        under the name f"{name}{instance}", with its own data dir and web port. `faults`: through
+        tests/faults/faust_worker.py, which arms the faults the FAULT_* overrides ask for."""
         for service in names:
             name = f"{service}{instance}"
             port = free_port()
@@ -157,10 +160,11 @@ class Mesh:
             env = {**self.env, f"{service.upper()}_WEB_PORT": str(port)}
             if instance:
                 env["DATA_DIR"] = str(self.workdir / f"data{instance}")
+            entry = FAULTY_FAUST if faults else "faust"
             log_file = log_path.open("ab")  # a restart appends: a post-mortem sees every run
             log_start = log_file.tell()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "faust", "-A", f"services.{service}", "worker", "-l", "info"],
+                [sys.executable, "-m", entry, "-A", f"services.{service}", "worker", "-l", "info"],
                 cwd=ROOT,
                 env=env,
                 stdout=log_file,
@@ -169,7 +173,8 @@ class Mesh:
             )
             log_file.close()
             with self._lock:
-                self.services[name] = Service(name, proc, port, log_path, log_start, service, instance)
+                svc = Service(name, proc, port, log_path, log_start, service, instance, faults)
+                self.services[name] = svc
         if self._supervisor is None:
             self._supervisor = threading.Thread(target=self._supervise_loop, daemon=True)
             self._supervisor.start()
@@ -187,7 +192,7 @@ class Mesh:
                 if svc.proc.poll() not in (None, 0) and WATCHDOG_STOP in svc.log():
                     self.services.pop(name)
                     self.restarted.append(name)
-                    self.start(svc.service, wait=False, instance=svc.instance)
+                    self.start(svc.service, wait=False, instance=svc.instance, faults=svc.faults)
 
     def _supervise_loop(self) -> None:
         while not self._closed:
