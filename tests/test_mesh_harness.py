@@ -21,7 +21,7 @@ def test_only_a_worker_stopped_by_the_recovery_watchdog_is_started_again(tmp_pat
         "ctr-4": stopped(tmp_path, "ctr-4", None, WATCHDOG_STOP),  # still running
     }
     started = []
-    monkeypatch.setattr(mesh, "start", lambda service, wait, instance: started.append((service, instance)))
+    monkeypatch.setattr(mesh, "start", lambda service, **how: started.append((service, how["instance"])))
     mesh.supervise()
     assert started == [("ctr", "")] and mesh.restarted == ["ctr"]
     assert sorted(mesh.services) == ["ctr-2", "ctr-3", "ctr-4"]
