@@ -137,13 +137,15 @@ def stream_with_tail(spec: TrafficSpec, join_window_ms: int, delay_ms: int) -> l
     )
 
 
-def produce_in_background(mesh: Mesh, messages: list[tuple[str, bytes, bytes]]) -> Future[list[Sent]]:
-    """`produce` trickling (50 messages every 50 ms) in a thread: a test stops a worker meanwhile,
+def produce_in_background(
+    mesh: Mesh, messages: list[tuple[str, bytes, bytes]], pause_s: float = 0.05
+) -> Future[list[Sent]]:
+    """`produce` trickling (50 messages, then `pause_s`) in a thread: a test stops a worker meanwhile,
     so the worker stops with input arriving, as a rolling restart does. (Stopping it idle hid a
     loss: a batch taken as faust suspends the flow for the stop was acked, unprocessed, and
     committed; shared/event_batches.py.)"""
     pool = ThreadPoolExecutor(1)
-    future = pool.submit(asyncio.run, produce(mesh, messages, chunk=50, pause_s=0.05))
+    future = pool.submit(asyncio.run, produce(mesh, messages, chunk=50, pause_s=pause_s))
     pool.shutdown(wait=False)
     return future
 
