@@ -80,7 +80,10 @@ async def claim_raw_partitions(assigned: set[TopicPartition]) -> None:
     claim by their previous reader (that died, or left) may still look fresh downstream while
     input has arrived behind it. Idle ones are marked idle again before the first batch's events
     go on (or at the timer's next tick). Runs inside the raw reader's rebalance, under its lock
-    (validate_lock)."""
+    (validate_lock). Not while the worker stops: it validates nothing more (see validate_batches),
+    and its producer may be gone already (the claim failed with NotReady in a test's log)."""
+    if app.should_stop:
+        return
     raw_activity.unchecked = True
     out = BatchOutput(app)
     for tp in sorted(assigned):
@@ -123,7 +126,7 @@ async def validate_batches() -> None:
     progress = raw_progress
     async for batch in raw_reader.batches(settings.batch_max_events, settings.batch_within_seconds):
         async with validate_lock:
-            if batch.stale:
+            if batch.stale or app.should_stop:  # stopping: left to the partitions' next owner
                 continue
             if raw_activity.unchecked:
                 # First batch since an assignment: say which partitions are empty before any event
