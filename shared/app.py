@@ -388,14 +388,17 @@ async def watch_table_recovery(app: MeshApp, timeout_s: float) -> None:
         await app.sleep(CHECK_EVERY_S)
         try:
             action = watchdog.check(app.tables.recovery)
-            if isinstance(action, Kick):
-                log.warning("%s: reading them again from %s", action.reason, action.offsets)
-                app.consumer.resume_partitions(action.offsets)
-                await app.consumer.seek_wait(action.offsets)
         except Exception:  # faust's internals changed: say so, and never stop a worker for it
             log.exception("the table recovery watchdog cannot read faust's recovery; it stops")
             return
-        if isinstance(action, Stop):
+        if isinstance(action, Kick):
+            log.warning("%s: reading them again from %s", action.reason, action.offsets)
+            try:  # bounded: a kick that hangs must not keep the stop from coming
+                app.consumer.resume_partitions(action.offsets)
+                await asyncio.wait_for(app.consumer.seek_wait(action.offsets), CHECK_EVERY_S)
+            except Exception:
+                log.exception("the kick failed; the worker stops if recovery does not move")
+        elif isinstance(action, Stop):
             app.log.critical("stopping the worker: %s", action.reason)
             await app.crash(RuntimeError(action.reason))
             return
