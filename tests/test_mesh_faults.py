@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -14,7 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from services.generator.spec import TrafficSpec
 from tests.ctr_checks import FAST, assert_exact, produce, produce_in_background, stream_with_tail, thirds
-from tests.mesh_harness import WATCHDOG_STOP, free_port, wait_for
+from tests.mesh_harness import WATCHDOG_STOP, Mesh, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,14 +29,25 @@ def defective_spec(seed: int, n_events: int, campaigns: int) -> TrafficSpec:
     )  # fmt: skip
 
 
-def test_kill_9_of_each_service_mid_stream_changes_nothing(mesh_factory):
-    mesh = mesh_factory(**FAST)
+def ctr_mesh(
+    mesh_factory: Callable[..., Mesh], seed: int, n_events: int, campaigns: int, **settings: Any
+) -> tuple[Mesh, TrafficSpec, list[list[Any]]]:
+    """ingest, ctr and the warehouse on the FAST settings, and a defective stream in thirds."""
+    mesh = mesh_factory(**FAST, **settings)
     mesh.start("ingest", "ctr", "warehouse")
-    spec = defective_spec(23, 9_000, 6)
-    first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
+    spec = defective_spec(seed, n_events, campaigns)
+    return mesh, spec, thirds(stream_with_tail(spec, 20_000, 3_000))
+
+
+def wait_for_first_windows(mesh: Mesh) -> None:
+    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "first windows")
+
+
+def test_kill_9_of_each_service_mid_stream_changes_nothing(mesh_factory):
+    mesh, spec, (first, second, third) = ctr_mesh(mesh_factory, 23, 9_000, 6)
 
     sent = asyncio.run(produce(mesh, first))
-    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "first windows")
+    wait_for_first_windows(mesh)
     mesh.stop("ctr", signal.SIGKILL)
     mesh.stop("ingest", signal.SIGKILL)
     sent += asyncio.run(produce(mesh, second))
@@ -53,13 +66,10 @@ def test_a_rolling_restart_with_input_flowing_changes_nothing(mesh_factory):
     again while input keeps arriving. faust's stop suspends the flow and commits what is acked
     while the agents still run: a batch taken just before was once acked unprocessed and
     committed, and its events were lost (shared/event_batches.py)."""
-    mesh = mesh_factory(**FAST)
-    mesh.start("ingest", "ctr", "warehouse")
-    spec = defective_spec(61, 8_000, 12)
-    first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
+    mesh, spec, (first, second, third) = ctr_mesh(mesh_factory, 61, 8_000, 12)
 
     sent = asyncio.run(produce(mesh, first))
-    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "first windows")
+    wait_for_first_windows(mesh)
     flowing = produce_in_background(mesh, second, pause_s=0.25)  # ~15 s: through all three restarts
     for service in ("ingest", "ctr", "warehouse"):
         mesh.stop(service)
@@ -70,15 +80,12 @@ def test_a_rolling_restart_with_input_flowing_changes_nothing(mesh_factory):
 
 
 def test_a_second_ctr_worker_joins_and_leaves_mid_stream(mesh_factory):
-    mesh = mesh_factory(**FAST)
-    mesh.start("ingest", "ctr", "warehouse")
-    spec = defective_spec(31, 8_000, 12)
-    first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
+    mesh, spec, (first, second, third) = ctr_mesh(mesh_factory, 31, 8_000, 12)
 
     sent = asyncio.run(produce(mesh, first))
     mesh.start("ctr", instance="-2")  # joins: partitions and their table state move to it
     flowing = produce_in_background(mesh, second)
-    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "windows")
+    wait_for_first_windows(mesh)
     mesh.stop("ctr-2")  # leaves with input arriving: its partitions come back with the state it wrote
     sent += flowing.result()
     sent += asyncio.run(produce(mesh, third))
@@ -93,10 +100,7 @@ def test_a_second_ingest_worker_joins_and_leaves_mid_stream(mesh_factory):
     """Both of ingest's groups rebalance: faust's (the join's partitions and table) and the raw
     reader's (shared/direct_reader.py), whose batches under way when partitions move are
     dropped or committed, never lost, and read twice at most (the join recognises them)."""
-    mesh = mesh_factory(**FAST)
-    mesh.start("ingest", "ctr", "warehouse")
-    spec = defective_spec(37, 8_000, 12)
-    first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
+    mesh, spec, (first, second, third) = ctr_mesh(mesh_factory, 37, 8_000, 12)
 
     sent = asyncio.run(produce(mesh, first))
     mesh.start("ingest", instance="-2")  # joins: raw and ingest-by-key partitions move to it
@@ -163,14 +167,11 @@ def test_a_batch_that_cannot_be_published_stops_ctr_and_a_restart_changes_nothin
     on in the same process (faust's default restarts the agent there, with that batch never acked,
     so commits stall, and its windows never closed again); a new worker, once the topic takes the
     results again, must deliver exactly what the oracle says."""
-    mesh = mesh_factory(**FAST)
-    mesh.start("ingest", "ctr", "warehouse")
-    spec = defective_spec(47, 6_000, 6)
-    first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
+    mesh, spec, (first, second, third) = ctr_mesh(mesh_factory, 47, 6_000, 6)
     results = mesh.topic("ctr-metrics")
 
     sent = asyncio.run(produce(mesh, first))
-    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "first windows")
+    wait_for_first_windows(mesh)
     asyncio.run(limit_message_bytes(mesh.bootstrap, results, 64))  # smaller than any result
     try:
         sent += asyncio.run(produce(mesh, second))
@@ -192,13 +193,11 @@ def test_a_stalled_table_recovery_is_kicked_back_into_motion(mesh_factory):
     out of faust's changelog queue are. The watchdog must read them again (a quarter of its
     timeout: 5 s here) without stopping the worker, and the counts must stay exact. Without the
     kick the worker stops at the timeout and, restarted, stalls again: the test times out."""
-    mesh = mesh_factory(**FAST, RECOVERY_STALL_TIMEOUT_MS=20_000)
-    mesh.start("ingest", "ctr", "warehouse")
-    spec = defective_spec(59, 6_000, 12)
-    first, second, third = thirds(stream_with_tail(spec, 20_000, 3_000))
+    stall_timeout = {"RECOVERY_STALL_TIMEOUT_MS": 20_000}
+    mesh, spec, (first, second, third) = ctr_mesh(mesh_factory, 59, 6_000, 12, **stall_timeout)
     sent = asyncio.run(produce(mesh, first))
     sent += asyncio.run(produce(mesh, second))
-    mesh.wait_for(lambda: mesh.scalar("SELECT count() FROM fct_campaign_ctr") > 0, 60, "first windows")
+    wait_for_first_windows(mesh)
     mesh.stop("ctr")
     mesh.overrides["FAULT_CHANGELOG_LOSE_PARTITION"] = "0"
     mesh.start("ctr", faults=True)  # ready only once its recovery completed: after the kick
