@@ -195,15 +195,20 @@ class WindowedAggregation:
         # Each partition's watermark, known until its next marker: recomputing it (a minimum over
         # the upstream sources, with their idle clocks) for every record cost more than counting.
         watermarks: dict[int, int] = {}
+        spec, start_of = self.spec, self.spec.start
+        clocks = self.partitions
+        had_input = False
         for p, key, rec in events:
-            c = self.clock(p)
+            c = clocks.get(p)
+            if c is None:
+                c = self.clock(p)
             if rec.get("kind") == "wm":
                 # Markers are not input: they keep coming (repeated) when nothing happens.
                 c.progress.observe_marker(rec)
                 watermarks.pop(p, None)
                 touched.setdefault(p, set())
                 continue
-            self.last_input_at = time.monotonic()
+            had_input = True
             fn = contribute(rec)
             if fn is None:
                 continue
@@ -225,11 +230,11 @@ class WindowedAggregation:
             if wm is None:
                 wm = watermarks[p] = self.watermark(c)
             held = len(state["w"])
-            if add(state, self.spec, rec["ts"], wm, fn) is Placement.LATE:
-                result.late.append((rec, self.spec.start(rec["ts"]), wm))
+            if add(state, spec, rec["ts"], wm, fn) is Placement.LATE:
+                result.late.append((rec, start_of(rec["ts"]), wm))
                 continue
             if len(state["w"]) > held:
-                new_windows.setdefault(key, []).append(self.spec.start(rec["ts"]))
+                new_windows.setdefault(key, []).append(start_of(rec["ts"]))
             if wm <= NEG_INF:
                 c.counted_before_watermark += 1
             if seq is not None:
@@ -242,6 +247,8 @@ class WindowedAggregation:
             c.keys.add(key)
             c.retired.pop(key, None)
             state["p"] = p
+        if had_input:
+            self.last_input_at = time.monotonic()
         for p, keys in touched.items():
             self._close_partition(p, keys, states, result, new_windows)
         return result
