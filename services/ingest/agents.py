@@ -135,26 +135,7 @@ async def validate_batches() -> None:
                 # drained on a loaded machine went 80% through before the tick's markers did.
                 raw_activity.unchecked = False
                 await send_idle_markers(out, [tp for tp, _ in await raw_activity.idle_partitions()])
-            touched: set[str] = set()
-            for m in batch.records:
-                try:
-                    rec = PARSERS[m.topic](m.value, limits)
-                except Rejected as err:
-                    outcomes[f"dead_letter:{err.reason}"] += 1
-                    metrics.dead_lettered.labels("ingest", err.reason).inc()
-                    headers = dead_letter_headers(m, err)
-                    await out.send(topics.dead_letters, m.key, m.value or b"", headers=headers)
-                    continue
-                rec["src"] = f"{m.topic}:{m.partition}:{m.offset}"
-                rec["source"] = SOURCE_NAMES[m.topic]
-                source = f"{m.topic}:{m.partition}"
-                if rec["ts"] > progress.get(source, NEG_INF):
-                    progress[source] = rec["ts"]
-                # Where the stream stood at this message (markers only come after the batch): the
-                # join measures a click's wait and an id's TTL from here.
-                rec["at"] = progress[source]
-                touched.add(source)
-                by_key.add(rec["dedup_key"].encode(), orjson.dumps(rec))
+            touched = await validate_records(batch.records, out, by_key)
             # One message per ingest-by-key partition and batch (shared/bundles.py), then markers.
             await by_key.send(out)
             for source in touched:
@@ -167,6 +148,33 @@ async def validate_batches() -> None:
             # Only now, with everything the batch produced acknowledged.
             await raw_reader.commit(batch)
             metrics.count_topics(metrics.events_in, "ingest", (m.topic for m in batch.records))
+
+
+async def validate_records(records: list[ConsumerRecord], out: BatchOutput, by_key: Bundler) -> set[str]:
+    """Parse and normalize raw messages into `by_key`'s bundles (rejects to the dead letters);
+    returns the raw sources (topic:partition) they came from. bench/ingest_cpu.py drives it alone."""
+    progress = raw_progress
+    touched: set[str] = set()
+    for m in records:
+        try:
+            rec = PARSERS[m.topic](m.value, limits)
+        except Rejected as err:
+            outcomes[f"dead_letter:{err.reason}"] += 1
+            metrics.dead_lettered.labels("ingest", err.reason).inc()
+            headers = dead_letter_headers(m, err)
+            await out.send(topics.dead_letters, m.key, m.value or b"", headers=headers)
+            continue
+        rec["src"] = f"{m.topic}:{m.partition}:{m.offset}"
+        rec["source"] = SOURCE_NAMES[m.topic]
+        source = f"{m.topic}:{m.partition}"
+        if rec["ts"] > progress.get(source, NEG_INF):
+            progress[source] = rec["ts"]
+        # Where the stream stood at this message (markers only come after the batch): the
+        # join measures a click's wait and an id's TTL from here.
+        rec["at"] = progress[source]
+        touched.add(source)
+        by_key.add(rec["dedup_key"].encode(), orjson.dumps(rec))
+    return touched
 
 
 @app.timer(interval=IDLE_CHECK_S)
@@ -369,36 +377,41 @@ async def join(stream: Any) -> None:
     canonical = Bundler(topics.canonical, PARTITIONS)
     async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         async with join_lock:
-            batch = JoinBatch(out, canonical)
-            touched: set[int] = set()
-            for event in events:
-                p = event.message.partition
-                part = partition_state(p)
-                touched.add(p)
-                for j, rec in unbundle(event.value):
-                    if rec.get("kind") == MARKER_KIND:
-                        part.relay.observe(rec)
-                        # Progress goes on at once, in order with the events around it: what
-                        # ctr may judge late must not depend on how many bundles a batch took
-                        # (a first batch holding a whole backlog left ctr blind all through it).
-                        await advance(batch, part, p)
-                        continue
-                    key = rec["dedup_key"].encode()
-                    entry = batch.entry(key, p)
-                    if replayed(entry, rec["src"]):
-                        outcomes["replayed"] += 1
-                        continue
-                    outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
-                    mark_applied(entry, rec["src"])
-                    batch.changed(key, entry)
-                    part.track(key, entry)
-                    await batch.emit(outcome, [p, event.message.offset, j])
-            for p in touched:
-                part = join_partitions[p]
+            messages = [(e.message.partition, e.message.offset, e.value) for e in events]
+            await join_messages(JoinBatch(out, canonical), messages)
+
+
+async def join_messages(batch: JoinBatch, messages: list[tuple[int, int, bytes]]) -> None:
+    """One batch of ingest-by-key messages (partition, offset, value): dedup and join them, and
+    send their canonical events, markers and join state (bench/ingest_cpu.py drives it alone)."""
+    touched: set[int] = set()
+    for p, offset, value in messages:
+        part = partition_state(p)
+        touched.add(p)
+        for j, rec in unbundle(value):
+            if rec.get("kind") == MARKER_KIND:
+                part.relay.observe(rec)
+                # Progress goes on at once, in order with the events around it: what
+                # ctr may judge late must not depend on how many bundles a batch took
+                # (a first batch holding a whole backlog left ctr blind all through it).
                 await advance(batch, part, p)
-                await batch.send_events()
-                await part.relay.forward(out, topics.canonical, PARTITIONS)  # idleness, first word
-            await batch.commit()
+                continue
+            key = rec["dedup_key"].encode()
+            entry = batch.entry(key, p)
+            if replayed(entry, rec["src"]):
+                outcomes["replayed"] += 1
+                continue
+            outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
+            mark_applied(entry, rec["src"])
+            batch.changed(key, entry)
+            part.track(key, entry)
+            await batch.emit(outcome, [p, offset, j])
+    for p in touched:
+        part = join_partitions[p]
+        await advance(batch, part, p)
+        await batch.send_events()
+        await part.relay.forward(batch.out, topics.canonical, PARTITIONS)  # idleness, first word
+    await batch.commit()
 
 
 @app.timer(interval=MARKER_REPEAT_S)
