@@ -25,7 +25,7 @@ from services.ingest.formats import (
     parse_clickstream,
     parse_impression,
 )
-from services.ingest.join import Outcome, Record, expire, mark_applied, new_entry, on_event, replayed
+from services.ingest.join import Outcome, Record, apply_once, expire, new_entry, on_event
 from shared import metrics
 from shared.app import keyed_table, owned_partitions, raw_schema, table_json
 from shared.batch_output import BatchOutput
@@ -398,11 +398,10 @@ async def join_messages(batch: JoinBatch, messages: list[tuple[int, int, bytes]]
                 continue
             key = rec["dedup_key"].encode()
             entry = batch.entry(key, p)
-            if replayed(entry, rec["src"]):
+            if not apply_once(entry, rec["src"]):
                 outcomes["replayed"] += 1
                 continue
             outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
-            mark_applied(entry, rec["src"])
             batch.changed(key, entry)
             part.track(key, entry)
             await batch.emit(outcome, [p, offset, j])

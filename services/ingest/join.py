@@ -14,8 +14,9 @@ from typing import Any
 
 Record = dict[str, Any]
 
-# Impression fields a click inherits when it is joined.
+# Impression fields a click inherits when it is joined; the entry keeps them and the time.
 INHERITED = ("campaign_id", "ad_id", "device_type", "browser")
+KEPT = (*INHERITED, "ts")
 
 
 @dataclass
@@ -29,17 +30,17 @@ def new_entry(partition: int) -> Record:
     return {"p": partition, "t": 0, "imp": None, "clicks": [], "pending": [], "u": {}}
 
 
-def replayed(entry: Record, src: str) -> bool:
-    """True if this raw message (topic:partition:offset) was already applied to the entry: after a
-    crash, validate may re-send it and join may re-read it; the entry's own marks say so."""
+def apply_once(entry: Record, src: str) -> bool:
+    """Mark this raw message (topic:partition:offset) applied to the entry and say True, or say
+    False if it was already: after a crash, validate may re-send it and join may re-read it; the
+    entry's own marks say so."""
     source, _, offset = src.rpartition(":")
-    last = entry.setdefault("u", {}).get(source)
-    return last is not None and int(offset) <= last
-
-
-def mark_applied(entry: Record, src: str) -> None:
-    source, _, offset = src.rpartition(":")
-    entry.setdefault("u", {})[source] = int(offset)
+    marks = entry.setdefault("u", {})
+    last, position = marks.get(source), int(offset)
+    if last is not None and position <= last:
+        return False
+    marks[source] = position
+    return True
 
 
 def joined_click(click: Record, imp: Record) -> Record:
@@ -90,7 +91,7 @@ def on_event(entry: Record, rec: Record, arrival_ms: int) -> Outcome:
         if entry["imp"] is not None:
             out.discard.append(discard(rec, "duplicate"))
             return out
-        entry["imp"] = {f: rec[f] for f in (*INHERITED, "ts")}
+        entry["imp"] = {f: rec[f] for f in KEPT}
         out.emit.append(canonical(rec))
         for click in entry["pending"]:
             out.emit.append(joined_click(click, rec))
