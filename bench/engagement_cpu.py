@@ -11,18 +11,16 @@ carry their impression's fields, as ingest's join emits them), 3 partitions, 5 s
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import time
 from typing import Any
 
 import orjson
 
+from bench.in_process import per_item_us, repeat_runs
 from bench.traffic import Shape, make_template
 from services.engagement import agents
 from services.engagement.distinct import DistinctSets
 from services.engagement.metrics import split_key, window_records
-from shared.app import tune_garbage_collector
 from shared.bundles import Bundler, unbundle
 from shared.windowed_agent import WindowedAggregation
 from shared.windows import WindowSpec
@@ -122,24 +120,11 @@ async def run(events: list[dict[str, Any]]) -> dict[str, float]:
         timings["aggregate"] += time.perf_counter() - t1
         timings["fan_out"] += t1 - t0
     n = len(events)
-    return {
-        "events": n,
-        "fan_out_us": round(timings["fan_out"] * 1e6 / n, 2),
-        "aggregate_us": round(timings["aggregate"] * 1e6 / n, 2),
-        "total_us": round(sum(timings.values()) * 1e6 / n, 2),
-        "rows": rows,
-    }
+    return {"events": n, **per_item_us(timings, n), "rows": rows}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--repeat", type=int, default=3)
-    a = p.parse_args()
-    events = canonical_events(a.events)
-    tune_garbage_collector()  # as the services do once started
-    for _ in range(a.repeat):
-        print(orjson.dumps(asyncio.run(run(events))).decode(), flush=True)
+    repeat_runs(__doc__, canonical_events, run)
 
 
 if __name__ == "__main__":

@@ -11,22 +11,19 @@ own (`validate_records`, `join_messages`); the table and the producer are plain 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from bench.in_process import per_item_us, repeat_runs
 from services.generator.producer import topic_map
 from services.generator.spec import TrafficSpec
 from services.generator.traffic import TrafficGenerator
 from services.ingest import agents
-from shared.app import key_partition, tune_garbage_collector
+from shared.app import key_partition
+from shared.batch_output import BatchOutput
 from shared.bundles import Bundler
-from shared.watermarks import encode_marker
 
 BATCH = 2_000
 
@@ -62,27 +59,21 @@ def raw_messages(n: int) -> list[Raw]:
     return out
 
 
-class Out:
-    """BatchOutput's interface: keeps what goes to ingest-by-key, per partition, for the join."""
+class Out(BatchOutput):
+    """BatchOutput without a producer: keeps what goes to ingest-by-key, per partition, for the
+    join (its broadcast_marker sends through this send)."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # no app, no producer
         self.by_key: dict[int, list[bytes]] = defaultdict(list)
         self.other = 0
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, **_: Any
+        self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None, **_: Any
     ) -> None:
         if topic == agents.topics.by_event_key and partition is not None:
             self.by_key[partition].append(value)
         else:
             self.other += 1
-
-    async def broadcast_marker(
-        self, topic: str, partitions: int, source: str, ts_ms: int, of: int, idle: bool = False
-    ) -> None:
-        marker = encode_marker(source, ts_ms, of, idle)
-        for p in range(partitions):
-            await self.send(topic, None, marker, partition=p)
 
     async def flush(self) -> int:
         return 0
@@ -104,6 +95,7 @@ class Table(dict):
 
 async def run(records: list[Raw]) -> dict[str, float]:
     agents.join_state = Table()  # the agent module reads it as a global
+    agents.outcomes.clear()
     agents.join_partitions.clear()
     agents.raw_progress.clear()
     out = Out()
@@ -114,7 +106,7 @@ async def run(records: list[Raw]) -> dict[str, float]:
     for b in range(0, len(records), BATCH):
         t0 = time.perf_counter()
         touched = await agents.validate_records(records[b : b + BATCH], out, by_key)  # type: ignore[arg-type]
-        await by_key.send(out)  # type: ignore[arg-type]
+        await by_key.send(out)
         for source in touched:
             progress = agents.raw_progress[source]
             await out.broadcast_marker(
@@ -127,30 +119,20 @@ async def run(records: list[Raw]) -> dict[str, float]:
                 messages.append((p, offsets[p], value))
                 offsets[p] += 1
         out.by_key.clear()
-        await agents.join_messages(agents.JoinBatch(out, canonical), messages)  # type: ignore[arg-type]
+        await agents.join_messages(agents.JoinBatch(out, canonical), messages)
         timings["validate"] += t1 - t0
         timings["join"] += time.perf_counter() - t1
     n = len(records)
     return {
         "messages": n,
-        "validate_us": round(timings["validate"] * 1e6 / n, 2),
-        "join_us": round(timings["join"] * 1e6 / n, 2),
-        "total_us": round(sum(timings.values()) * 1e6 / n, 2),
+        **per_item_us(timings, n),
         "outcomes": sum(agents.outcomes.values()),
         "state": len(agents.join_state),
     }
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--repeat", type=int, default=3)
-    a = p.parse_args()
-    records = raw_messages(a.events)
-    tune_garbage_collector()  # as the services do once started
-    for _ in range(a.repeat):
-        agents.outcomes.clear()
-        print(orjson.dumps(asyncio.run(run(records))).decode(), flush=True)
+    repeat_runs(__doc__, raw_messages, run)
 
 
 if __name__ == "__main__":
