@@ -63,14 +63,6 @@ class WindowSpec:
     def watermark(self, progress_ms: int) -> int:
         return progress_ms - self.delay_ms if progress_ms > NEG_INF else NEG_INF
 
-    def place(self, ts_ms: int, watermark_ms: int) -> Placement:
-        end = self.end(self.start(ts_ms))
-        if end + self.grace_ms <= watermark_ms:
-            return Placement.LATE
-        if end <= watermark_ms:
-            return Placement.UPDATE
-        return Placement.OPEN
-
 
 class Emit(NamedTuple):
     """One window's result. A NamedTuple: a frozen dataclass sets each field through
@@ -94,9 +86,11 @@ def add(
     watermark_ms: int,
     contribute: Callable[[Aggregate | None], Aggregate],
 ) -> Placement:
-    """Add one event to a key's state (mutates it). Returns where the event landed."""
-    # spec.place's rules, inline: the window's start is computed once (this runs per event and
-    # key; place + start + end were a tenth of the engine's time in bench/engagement_cpu.py)
+    """Add one event to a key's state (mutates it). Returns where the event landed: late (not
+    added) once the watermark reached its window's end + grace, an update once it reached the end,
+    else open."""
+    # The window's start computed once: this runs per event and key, and separate place/start/end
+    # calls were a tenth of the engine's time in bench/engagement_cpu.py.
     duration = spec.duration_ms
     start = ts_ms - ts_ms % duration
     end = start + duration

@@ -23,10 +23,10 @@ def test_watermark_subtracts_delay_and_keeps_unknown_unknown():
 
 def test_placement_open_update_late_boundaries():
     # window [0, 10000): emitted once W >= 10000; late once W >= 15000
-    assert SPEC.place(5_000, 9_999) is Placement.OPEN
-    assert SPEC.place(5_000, 10_000) is Placement.UPDATE
-    assert SPEC.place(5_000, 14_999) is Placement.UPDATE
-    assert SPEC.place(5_000, 15_000) is Placement.LATE
+    for watermark, placement in [(9_999, "open"), (10_000, "update"), (14_999, "update"), (15_000, "late")]:
+        state = new_state()
+        assert add(state, SPEC, 5_000, watermark, ONE) is Placement(placement)
+        assert state["w"] == ({} if placement == "late" else {"0": [0, 1, 1]})
 
 
 def test_window_emits_once_when_watermark_passes_end_then_updates_within_lateness():
