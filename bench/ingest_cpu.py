@@ -105,13 +105,7 @@ async def run(records: list[Raw]) -> dict[str, float]:
     timings = {"validate": 0.0, "join": 0.0}
     for b in range(0, len(records), BATCH):
         t0 = time.perf_counter()
-        touched = await agents.validate_records(records[b : b + BATCH], out, by_key)  # type: ignore[arg-type]
-        await by_key.send(out)
-        for source in touched:
-            progress = agents.raw_progress[source]
-            await out.broadcast_marker(
-                agents.topics.by_event_key, agents.PARTITIONS, source, progress, agents.RAW_SOURCE_PARTITIONS
-            )
+        await agents.validate_records(records[b : b + BATCH], out, by_key)  # type: ignore[arg-type]
         t1 = time.perf_counter()
         messages = []
         for p, values in sorted(out.by_key.items()):

@@ -123,7 +123,6 @@ async def validate() -> None:
 async def validate_batches() -> None:
     out = BatchOutput(app)
     by_key = Bundler(topics.by_event_key, PARTITIONS)
-    progress = raw_progress
     async for batch in raw_reader.batches(settings.batch_max_events, settings.batch_within_seconds):
         async with validate_lock:
             if batch.stale or app.should_stop:  # stopping: left to the partitions' next owner
@@ -135,13 +134,7 @@ async def validate_batches() -> None:
                 # drained on a loaded machine went 80% through before the tick's markers did.
                 raw_activity.unchecked = False
                 await send_idle_markers(out, [tp for tp, _ in await raw_activity.idle_partitions()])
-            touched = await validate_records(batch.records, out, by_key)
-            # One message per ingest-by-key partition and batch (shared/bundles.py), then markers.
-            await by_key.send(out)
-            for source in touched:
-                await out.broadcast_marker(
-                    topics.by_event_key, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
-                )
+            await validate_records(batch.records, out, by_key)
             await out.flush()
             for tp, next_offset in batch.next_offsets().items():
                 raw_activity.processed(tp, next_offset - 1)
@@ -150,9 +143,10 @@ async def validate_batches() -> None:
             metrics.count_topics(metrics.events_in, "ingest", (m.topic for m in batch.records))
 
 
-async def validate_records(records: list[ConsumerRecord], out: BatchOutput, by_key: Bundler) -> set[str]:
-    """Parse and normalize raw messages into `by_key`'s bundles (rejects to the dead letters);
-    returns the raw sources (topic:partition) they came from. bench/ingest_cpu.py drives it alone."""
+async def validate_records(records: list[ConsumerRecord], out: BatchOutput, by_key: Bundler) -> None:
+    """Parse and normalize raw messages into `by_key`'s bundles (rejects to the dead letters), send
+    them, then the progress of the raw sources (topic:partition) they came from; the caller
+    flushes `out`. bench/ingest_cpu.py drives it alone."""
     progress = raw_progress
     touched: set[str] = set()
     for m in records:
@@ -174,7 +168,12 @@ async def validate_records(records: list[ConsumerRecord], out: BatchOutput, by_k
         rec["at"] = progress[source]
         touched.add(source)
         by_key.add(rec["dedup_key"].encode(), orjson.dumps(rec))
-    return touched
+    # One message per ingest-by-key partition and batch (shared/bundles.py), then markers.
+    await by_key.send(out)
+    for source in touched:
+        await out.broadcast_marker(
+            topics.by_event_key, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
+        )
 
 
 @app.timer(interval=IDLE_CHECK_S)
