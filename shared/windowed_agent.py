@@ -183,7 +183,7 @@ class WindowedAggregation:
     # -- one batch ---------------------------------------------------------------------------
     def process(
         self,
-        events: Iterable[tuple[int, bytes, Record]],
+        events: Iterable[tuple[int, Any, Record]],  # key: bytes (None for a marker: not read)
         contribute: Callable[[Record], Callable[[list[Any] | None], list[Any]] | None],
     ) -> BatchResult:
         """events: (partition, key, decoded record). `contribute(rec)` returns how the record
@@ -238,7 +238,7 @@ class WindowedAggregation:
             if wm <= NEG_INF:
                 c.counted_before_watermark += 1
             if seq is not None:
-                marks[source] = position
+                state["u"][source] = position
             result.counted += 1
             keys = touched.get(p)
             if keys is None:
@@ -356,14 +356,14 @@ class WindowedAggregation:
                 for start in starts:
                     end = start + duration
                     if end > wm:
-                        keys = due.get(end)
-                        if keys is None:
-                            keys = due[end] = set()
-                        keys.add(key)
-                    keys = due.get(end + grace)
-                    if keys is None:
-                        keys = due[end + grace] = set()
-                    keys.add(key)
+                        bucket = due.get(end)
+                        if bucket is None:
+                            bucket = due[end] = set()
+                        bucket.add(key)
+                    bucket = due.get(end + grace)
+                    if bucket is None:
+                        bucket = due[end + grace] = set()
+                    bucket.add(key)
             if key in touched or emits or held != len(state["w"]):
                 # An untouched, unchanged key is not rewritten: its stored "wm" may lag, which only
                 # makes the floor restored after a restart conservative.
