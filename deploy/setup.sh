@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make the project runnable on a fresh machine with Python 3.11+, Java 17 and Maven:
-# a virtualenv in .venv with the project and its dev tools, and the Kafka broker jars (cached).
+# a virtualenv in .venv with the project and its dev tools, the hot modules compiled with mypyc,
+# and the Kafka broker jars (cached).
 # Idempotent and quick when nothing changed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,4 +23,7 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# The hot modules compiled with mypyc (seconds; skipped when current). A failed build is not fatal:
+# the services then run the same code as pure Python, slower (shared/compiled_modules.py).
+.venv/bin/python deploy/compile_hot_modules.py >&2 || echo "[setup] warning: hot modules not compiled" >&2
 bash deploy/kafka.sh fetch

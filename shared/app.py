@@ -21,7 +21,7 @@ from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from mode import CrashingSupervisor
 from mode.utils.times import want_seconds
 
-from shared import consumer_fetch, consumer_rewind, message_handoff
+from shared import compiled_modules, consumer_fetch, consumer_rewind, message_handoff
 from shared.batch_output import BatchOutput
 from shared.kafka_batches import murmur2
 from shared.kafka_security import aiokafka_kwargs, faust_credentials
@@ -283,6 +283,7 @@ class MeshApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        log.info("hot modules: %s", compiled_modules.status()["why"])
         # The tables' changelog topics too, as faust would create them (compaction settings):
         # faust creates them itself just before its consumer subscribes, and a consumer that
         # asked for metadata a moment too early joined without them. It then rebalanced when
