@@ -47,6 +47,7 @@ from bench.kafka_probe import OffsetProbe
 from bench.mesh import MeshRun, PySpy, Sample, sustained_rate, time_to
 from bench.procstat import ProcSeries
 from bench.profile import summarize
+from shared import compiled_modules
 
 # A drained stage still shows a few messages of lag now and then: idle stages repeat their watermark
 # markers every second (one per partition and source) and commit once a second, so "lag 0" may
@@ -701,6 +702,8 @@ async def main_async(a: argparse.Namespace) -> dict:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
         "git": git_info(),
+        # what the services run: the hot modules compiled with mypyc, or pure Python (and why)
+        "hot_modules": dict(zip(("compiled", "why"), compiled_modules.build_state(), strict=True)),
         "args": {
             k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
             for k, v in vars(a).items()
@@ -870,6 +873,10 @@ async def main_async(a: argparse.Namespace) -> dict:
                     f"mesh: end-to-end {res.get('end_to_end_events_per_s')} events/s, per stage "
                     f"{res['sustained_events_per_s']}, {res.get('cpu_us_per_event')} CPU-us/event"
                 )
+                if res.get("errors_in_logs"):
+                    # A crashed service costs no CPU: its figures would flatter the mesh (seen once:
+                    # engagement died at its first batch and the run still read "all accounted").
+                    log(f"mesh: ERRORS in the logs of {', '.join(res['errors_in_logs'])}: figures invalid")
                 phase("mesh", t0)
             results["systems"] = systems
         except Exception as exc:  # one failed phase must not lose the others
@@ -968,7 +975,8 @@ def summary_markdown(r: dict) -> str:
     m = r["machine"]
     held_topics = f"{m['broker_at_start']['topics']:,}" if "broker_at_start" in m else "?"
     lines = [
-        f"Run {r['date']} on {m['cores']} cores / {m['memory_gib']} GiB ({m['cpu']}), Python {m['python']}, "
+        f"Run {r['date']} on {m['cores']} cores / {m['memory_gib']} GiB ({m['cpu']}), Python {m['python']} "
+        f"({'hot modules compiled' if r.get('hot_modules', {}).get('compiled') else 'pure Python'}), "
         f"load average at start {m['loadavg_at_start']}; broker holding {held_topics} topics at start; "
         f"{r['phase_seconds'].get('total')} s in all; "
         f"commit {r.get('git', {}).get('commit')}.",
@@ -982,6 +990,8 @@ def summary_markdown(r: dict) -> str:
             continue
         if name == "mesh":
             rates = ", ".join(f"{k} {v:,}" for k, v in s["sustained_events_per_s"].items() if v)
+            if s.get("errors_in_logs"):
+                rates += f"; ERRORS in the logs of {', '.join(s['errors_in_logs'])}"
             lines.append(
                 f"| mesh ({' + '.join(s['services'])}) | {s['accounted']:,} "
                 f"| {s.get('end_to_end_events_per_s') or 0:,} "
