@@ -18,8 +18,8 @@ import orjson
 
 from bench.in_process import per_item_us, repeat_runs
 from bench.traffic import Shape, make_template
-from services.engagement import agents
-from services.engagement.distinct import DistinctSets
+from services.engagement.distinct import DistinctSets, counting
+from services.engagement.fan_out import fan_out_copies
 from services.engagement.metrics import split_key, window_records
 from shared.bundles import Bundler, unbundle
 from shared.windowed_agent import WindowedAggregation
@@ -89,7 +89,7 @@ async def run(events: list[dict[str, Any]]) -> dict[str, float]:
     table: dict[bytes, bytes] = {}
     windows = WindowedAggregation(table, SPEC, 10.0, PARTITIONS)
     sets = DistinctSets({}, SPEC, PARTITIONS)
-    contribute = agents.counting(sets)
+    contribute = counting(sets)
     bundles = Bundler("engagement-by-key", PARTITIONS)
     out = Out()
     rows = 0
@@ -101,7 +101,7 @@ async def run(events: list[dict[str, Any]]) -> dict[str, float]:
         canonical = [orjson.dumps(batch)]
         for value in canonical:
             for j, rec in unbundle(value):
-                agents.fan_out_copies(rec, rec["seq"][0], rec["seq"][1], j, bundles)
+                fan_out_copies(rec, rec["seq"][0], rec["seq"][1], j, bundles)
         await bundles.send(out)
         messages = [(p, v) for _, _, v, p in out.sent]
         out.sent.clear()

@@ -38,6 +38,7 @@ HOT_MODULES = (
     "services.ingest.join",
     "services.engagement.metrics",
     "services.engagement.distinct",
+    "services.engagement.fan_out",
 )
 GROUP = "adclick_hot"  # the name of the build's shared library: adclick_hot__mypyc.*.so
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.engagement.agents import counting
-from services.engagement.distinct import DistinctSets, aggregate_key_of, entry_key
+from services.engagement.distinct import DistinctSets, aggregate_key_of, counting, entry_key
 from services.engagement.metrics import dimension_keys, dimension_records, lifetime_arms, window_records
 from services.engagement.readout import readout_records
 from services.warehouse.sinks import Message, columns_by_table, sinks_for

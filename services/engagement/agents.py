@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from services.engagement.app import app, engagement_settings, settings
-from services.engagement.distinct import DistinctSets, aggregate_key_of
+from services.engagement.distinct import DistinctSets, aggregate_key_of, counting
+from services.engagement.fan_out import fan_out_copies
 from services.engagement.metrics import (
     EXPERIMENT,
     Record,
-    contribution,
-    dimension_records,
     lifetime_arms,
     split_key,
     window_records,
@@ -37,7 +35,7 @@ from shared.topics import topic_names
 from shared.watermark_relay import RelayedWatermark, repeat_markers
 from shared.watermarks import MARKER_KIND, MARKER_REPEAT_S
 from shared.windowed_agent import BatchResult, WindowedAggregation
-from shared.windows import Aggregate, WindowSpec
+from shared.windows import WindowSpec
 
 topics = topic_names(settings)
 PARTITIONS = settings.topic_partitions
@@ -80,16 +78,6 @@ def fan_out_partition(p: int) -> RelayedWatermark:
     return relay
 
 
-def fan_out_copies(rec: Record, partition: int, offset: int, j: int, bundles: Bundler) -> None:
-    """Add one canonical event's copy for each of its dimension keys to the batch's bundles."""
-    for i, (key, fields) in enumerate(dimension_records(rec)):
-        # seq = this stage's position, increasing per canonical partition in every
-        # engagement-by-key partition: `aggregate` skips a copy re-sent after a crash (offset,
-        # place in the bundle, dimension).
-        seq = [partition, offset, j, i]
-        bundles.add(key.encode(), orjson.dumps({**fields, "key": key, "seq": seq}))
-
-
 @app.agent(canonical_topic)
 async def fan_out(stream: Any) -> None:
     out = BatchOutput(app)
@@ -126,33 +114,6 @@ async def repeat_fan_out_markers() -> None:
 
 
 # -- aggregate -----------------------------------------------------------------------------------
-Merge = Callable[[Aggregate | None], Aggregate]
-
-
-def counting(sets: DistinctSets) -> Callable[[Record], Merge | None]:
-    """WindowedAggregation's `contribute`: how an event changes its key's window, adding its
-    distinct-set members when the change is applied, i.e. only if the event counts (neither late
-    nor a replay of an event the state already holds)."""
-
-    def contribute(rec: Record) -> Merge | None:
-        key = rec["key"]
-        c = contribution(key, rec)
-        if c is None:
-            return None
-        window = sets.spec.start(rec["ts"])
-
-        def apply(agg: Aggregate | None) -> Aggregate:
-            for name, member in c.members:
-                sets.add(key, window, name, member)
-            for name, member in c.lifetime_members:
-                sets.add(key, None, name, member)
-            return c.merge(agg)
-
-        return apply
-
-    return contribute
-
-
 contribute = counting(distinct)
 
 

@@ -24,15 +24,17 @@ count has to remember every member, and they are bounded by the experiment's use
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
+from services.engagement.metrics import Record, contribution
 from shared.app import key_partition, table_json
 from shared.batch_output import BatchOutput
-from shared.windows import WindowSpec
+from shared.windows import Aggregate, WindowSpec
 
+Merge = Callable[[Aggregate | None], Aggregate]
 SetsKey = tuple[str, int | None]  # (aggregate key, window start or None for lifetime sets)
 
 
@@ -124,3 +126,27 @@ class DistinctSets:
             return False
         members.add(member)
         return True
+
+
+def counting(sets: DistinctSets) -> Callable[[Record], Merge | None]:
+    """WindowedAggregation's `contribute`: how an event changes its key's window, adding its
+    distinct-set members when the change is applied, i.e. only if the event counts (neither late
+    nor a replay of an event the state already holds)."""
+
+    def contribute(rec: Record) -> Merge | None:
+        key = rec["key"]
+        c = contribution(key, rec)
+        if c is None:
+            return None
+        window = sets.spec.start(rec["ts"])
+
+        def apply(agg: Aggregate | None) -> Aggregate:
+            for name, member in c.members:
+                sets.add(key, window, name, member)
+            for name, member in c.lifetime_members:
+                sets.add(key, None, name, member)
+            return c.merge(agg)
+
+        return apply
+
+    return contribute
