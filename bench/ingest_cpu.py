@@ -21,6 +21,7 @@ from services.generator.producer import topic_map
 from services.generator.spec import TrafficSpec
 from services.generator.traffic import TrafficGenerator
 from services.ingest import agents
+from services.ingest.joining import JoinBatch, join_messages
 from shared.app import key_partition
 from shared.batch_output import BatchOutput
 from shared.bundles import Bundler
@@ -94,9 +95,9 @@ class Table(dict):
 
 
 async def run(records: list[Raw]) -> dict[str, float]:
-    agents.join_state = Table()  # the agent module reads it as a global
+    agents.joiner.table = Table()
     agents.outcomes.clear()
-    agents.join_partitions.clear()
+    agents.joiner.partitions.clear()
     agents.raw_progress.clear()
     out = Out()
     by_key = Bundler(agents.topics.by_event_key, agents.PARTITIONS)
@@ -113,7 +114,7 @@ async def run(records: list[Raw]) -> dict[str, float]:
                 messages.append((p, offsets[p], value))
                 offsets[p] += 1
         out.by_key.clear()
-        await agents.join_messages(agents.JoinBatch(out, canonical), messages)
+        await join_messages(JoinBatch(agents.joiner, out, canonical), messages)
         timings["validate"] += t1 - t0
         timings["join"] += time.perf_counter() - t1
     n = len(records)
@@ -121,7 +122,7 @@ async def run(records: list[Raw]) -> dict[str, float]:
         "messages": n,
         **per_item_us(timings, n),
         "outcomes": sum(agents.outcomes.values()),
-        "state": len(agents.join_state),
+        "state": len(agents.joiner.table),
     }
 
 

@@ -36,6 +36,7 @@ HOT_MODULES = (
     "shared.bundles",
     "services.ingest.formats",
     "services.ingest.join",
+    "services.ingest.joining",
     "services.engagement.metrics",
     "services.engagement.distinct",
     "services.engagement.fan_out",

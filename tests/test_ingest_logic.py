@@ -244,7 +244,7 @@ def test_clickstream_other_timestamps_are_dead_lettered(ts):
 
 
 def test_expiry_index_hands_out_only_due_buckets_and_moves_keys():
-    from services.ingest.agents import ExpiryIndex
+    from services.ingest.joining import ExpiryIndex
 
     idx = ExpiryIndex(bucket_ms=1_000)
     idx.track(b"a", 1_500)
@@ -258,7 +258,7 @@ def test_expiry_index_hands_out_only_due_buckets_and_moves_keys():
 
 
 def test_expiry_index_hands_out_buckets_in_time_order_also_when_made_again():
-    from services.ingest.agents import ExpiryIndex
+    from services.ingest.joining import ExpiryIndex
 
     idx = ExpiryIndex(bucket_ms=1_000)
     for i, due_ms in enumerate([9_000, 3_000, 7_000, 1_000, 5_000]):

@@ -7,7 +7,6 @@ topics may be keyed by anything: `validate` re-keys, `join` owns the state.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 from collections import Counter
 from typing import Any
@@ -25,17 +24,17 @@ from services.ingest.formats import (
     parse_clickstream,
     parse_impression,
 )
-from services.ingest.join import Outcome, Record, apply_once, expire, new_entry, on_event
+from services.ingest.joining import Join, JoinBatch, join_messages
 from shared import metrics
-from shared.app import keyed_table, owned_partitions, raw_schema, table_json
+from shared.app import keyed_table, owned_partitions, raw_schema
 from shared.batch_output import BatchOutput
-from shared.bundles import Bundler, unbundle
+from shared.bundles import Bundler
 from shared.direct_reader import DirectReader
 from shared.event_batches import event_batches
 from shared.source_idleness import SourceActivity
-from shared.topics import canonical_key, topic_names
-from shared.watermark_relay import RelayedWatermark, repeat_markers
-from shared.watermarks import MARKER_KIND, MARKER_REPEAT_S, NEG_INF
+from shared.topics import topic_names
+from shared.watermark_relay import repeat_markers
+from shared.watermarks import MARKER_REPEAT_S, NEG_INF
 
 log = logging.getLogger(__name__)
 topics = topic_names(settings)
@@ -62,6 +61,8 @@ join_state = keyed_table(app, "join_state", PARTITIONS)  # key: impression_id
 
 # What happened to every input message, for /stats and the accounting tests.
 outcomes: Counter[str] = Counter()
+# The join's state and its in-memory indexes (services/ingest/joining.py).
+joiner = Join(join_state, topics, PARTITIONS, settings.join_window_ms, settings.dedup_ttl_ms, outcomes)
 
 
 def dead_letter_headers(record: ConsumerRecord, err: Rejected) -> list[tuple[str, bytes]]:
@@ -203,153 +204,6 @@ async def send_idle_markers(out: BatchOutput, idle: list[Any]) -> None:
     await out.flush()
 
 
-class ExpiryIndex:
-    """Keys bucketed by when they fall due (event time), so a sweep visits only the due buckets
-    instead of every key held: each key is looked at about once per change, not once per sweep.
-    The buckets' numbers are in a heap, so a sweep reads only the due ones: scanning them all
-    was 7% of ingest draining a 5M-event backlog, whose held ids span hours of event time."""
-
-    def __init__(self, bucket_ms: int) -> None:
-        self.bucket_ms = bucket_ms
-        self.buckets: dict[int, set[bytes]] = {}
-        self.bucket_of: dict[bytes, int] = {}
-        self._order: list[int] = []  # heap of the numbers of `buckets`
-
-    def track(self, key: bytes, due_ms: int) -> None:
-        b = due_ms // self.bucket_ms
-        old = self.bucket_of.get(key)
-        if old == b:
-            return
-        if old is not None:
-            self.buckets[old].discard(key)
-        keys = self.buckets.get(b)
-        if keys is None:
-            keys = self.buckets[b] = set()
-            heapq.heappush(self._order, b)
-        keys.add(key)
-        self.bucket_of[key] = b
-
-    def untrack(self, key: bytes) -> None:
-        old = self.bucket_of.pop(key, None)
-        if old is not None:
-            self.buckets[old].discard(key)
-
-    def due(self, now_ms: int) -> list[bytes]:
-        """Keys whose bucket has started by now (a survivor is re-tracked by the caller)."""
-        keys: list[bytes] = []
-        order = self._order
-        while order and order[0] * self.bucket_ms <= now_ms:
-            for key in self.buckets.pop(heapq.heappop(order)):
-                del self.bucket_of[key]
-                keys.append(key)
-        return keys
-
-
-class JoinPartition:
-    """In-memory companions of one partition's join state: its watermark and what to expire."""
-
-    def __init__(self, p: int) -> None:
-        self.relay = RelayedWatermark(f"join:{p}")
-        self.forget_at = ExpiryIndex(SWEEP_EVERY_MS)  # key -> when its dedup TTL runs out
-        self.orphan_at = ExpiryIndex(1_000)  # key -> when its first waiting click is an orphan
-        self.swept_at = NEG_INF
-
-    def track(self, key: bytes, entry: Record) -> None:
-        self.forget_at.track(key, entry["t"] + settings.dedup_ttl_ms)
-        if entry["pending"]:
-            first = min(c["wait_from"] for c in entry["pending"])
-            self.orphan_at.track(key, first + settings.join_window_ms)
-        else:
-            self.orphan_at.untrack(key)
-
-    def untrack(self, key: bytes) -> None:
-        self.forget_at.untrack(key)
-        self.orphan_at.untrack(key)
-
-
-join_partitions: dict[int, JoinPartition] = {}
-SWEEP_EVERY_MS = max(1_000, min(settings.join_window_ms, settings.dedup_ttl_ms) // 10)
-
-
-def partition_state(p: int) -> JoinPartition:
-    if not join_partitions:
-        # First batch since start: index what table recovery restored.
-        for key, raw in join_state.items():
-            entry = orjson.loads(raw)
-            join_partitions.setdefault(entry["p"], JoinPartition(entry["p"])).track(key, entry)
-    part = join_partitions.get(p)
-    if part is None:
-        part = join_partitions[p] = JoinPartition(p)
-    return part
-
-
-class JoinBatch:
-    """One batch's view of the join state: entries are read once, changed in memory, and written
-    back only after the batch's outputs are on the broker (so "applied" implies "delivered")."""
-
-    def __init__(self, out: BatchOutput, canonical: Bundler) -> None:
-        self.out = out
-        self.canonical = canonical  # ctr and engagement pay per Kafka message: bundles
-        self.entries: dict[bytes, Record] = {}
-        self.writes: dict[bytes, bytes | None] = {}
-
-    def entry(self, key: bytes, p: int) -> Record:
-        e = self.entries.get(key)
-        if e is None:
-            raw = join_state.get_stored(key)
-            e = self.entries[key] = orjson.loads(raw) if raw is not None else new_entry(p)
-        return e
-
-    async def emit(self, outcome: Outcome, seq_base: list[int] | None) -> None:
-        for i, rec in enumerate(outcome.emit):
-            outcomes[f"counted:{rec['kind']}"] += 1
-            # seq lets ctr/engagement recognise a canonical event produced again after a crash.
-            # (Set in place: the join makes each emitted record afresh, see join.canonical.)
-            if seq_base is not None:
-                rec["seq"] = [*seq_base, i]
-            self.canonical.add(canonical_key(rec), orjson.dumps(rec))
-        for rec in outcome.discard:
-            outcomes[rec["reason"]] += 1
-            metrics.discarded.labels("ingest", rec["reason"]).inc()
-            await self.out.send(topics.discarded, rec["src"].encode(), orjson.dumps(rec))
-
-    def changed(self, key: bytes, entry: Record, forget: bool = False) -> None:
-        self.writes[key] = None if forget else table_json(entry)
-
-    async def send_events(self) -> None:
-        """The events so far, ahead of a marker (or of the batch's end)."""
-        await self.canonical.send(self.out)
-
-    async def commit(self) -> None:
-        await self.send_events()
-        await self.out.flush()
-        await join_state.write_many(self.out, self.writes)
-        await self.out.flush()
-
-
-async def sweep(batch: JoinBatch, part: JoinPartition, p: int, wm: int) -> None:
-    """Orphan clicks past the join window; forget entries past the dedup TTL. Visits only the keys
-    the expiry indexes say are due."""
-    keys = set(part.orphan_at.due(wm))
-    if wm - part.forget_at.bucket_ms >= part.swept_at:
-        keys.update(part.forget_at.due(wm))
-        part.swept_at = wm
-    for key in keys:
-        if key not in batch.entries and join_state.get_stored(key) is None:
-            part.untrack(key)
-            continue
-        entry = batch.entry(key, p)
-        forget, outcome = expire(entry, wm, settings.join_window_ms, settings.dedup_ttl_ms)
-        await batch.emit(outcome, None)
-        if forget:
-            batch.changed(key, entry, forget=True)
-            part.untrack(key)
-        else:
-            if outcome.discard:
-                batch.changed(key, entry)
-            part.track(key, entry)  # not due yet (or still waiting): back in its bucket
-
-
 @app.on_partitions_assigned.connect
 async def reindex_after_assignment(app: Any, assigned: Any, **kwargs: Any) -> None:
     await reindex_after_rebalance(app)
@@ -358,16 +212,8 @@ async def reindex_after_assignment(app: Any, assigned: Any, **kwargs: Any) -> No
 @app.on_rebalance_complete.connect
 async def reindex_after_rebalance(app: Any, **kwargs: Any) -> None:
     """Tables are recovered now: rebuild the in-memory indexes from them (lazily, next use)."""
-    # Rebuilt from the recovered table at the next batch (see partition_state).
-    join_partitions.clear()
-
-
-async def advance(batch: JoinBatch, part: JoinPartition, p: int) -> None:
-    """If the partition's watermark moved: expire what it passed, then tell ctr and engagement."""
-    if part.relay.moved():
-        await sweep(batch, part, p, part.relay.watermark.value)
-        await batch.send_events()
-        await part.relay.forward(batch.out, topics.canonical, PARTITIONS)
+    # Rebuilt from the recovered table at the next batch (see Join.partition_state).
+    joiner.partitions.clear()
 
 
 @app.agent(by_key_topic)
@@ -377,52 +223,20 @@ async def join(stream: Any) -> None:
     async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         async with join_lock:
             messages = [(e.message.partition, e.message.offset, e.value) for e in events]
-            await join_messages(JoinBatch(out, canonical), messages)
-
-
-async def join_messages(batch: JoinBatch, messages: list[tuple[int, int, bytes]]) -> None:
-    """One batch of ingest-by-key messages (partition, offset, value): dedup and join them, and
-    send their canonical events, markers and join state (bench/ingest_cpu.py drives it alone)."""
-    touched: set[int] = set()
-    for p, offset, value in messages:
-        part = partition_state(p)
-        touched.add(p)
-        for j, rec in unbundle(value):
-            if rec.get("kind") == MARKER_KIND:
-                part.relay.observe(rec)
-                # Progress goes on at once, in order with the events around it: what
-                # ctr may judge late must not depend on how many bundles a batch took
-                # (a first batch holding a whole backlog left ctr blind all through it).
-                await advance(batch, part, p)
-                continue
-            key = rec["dedup_key"].encode()
-            entry = batch.entry(key, p)
-            if not apply_once(entry, rec["src"]):
-                outcomes["replayed"] += 1
-                continue
-            outcome = on_event(entry, rec, max(rec["at"], part.relay.watermark.value))
-            batch.changed(key, entry)
-            part.track(key, entry)
-            await batch.emit(outcome, [p, offset, j])
-    for p in touched:
-        part = join_partitions[p]
-        await advance(batch, part, p)
-        await batch.send_events()
-        await part.relay.forward(batch.out, topics.canonical, PARTITIONS)  # idleness, first word
-    await batch.commit()
+            await join_messages(JoinBatch(joiner, out, canonical), messages)
 
 
 @app.timer(interval=MARKER_REPEAT_S)
 async def repeat_join_markers() -> None:
     owned = owned_partitions(app, topics.by_event_key)()
     async with join_lock:
-        relays = [join_partitions[p].relay for p in owned if p in join_partitions]
+        relays = [joiner.partitions[p].relay for p in owned if p in joiner.partitions]
         await repeat_markers(BatchOutput(app), relays, topics.canonical, PARTITIONS)
 
 
 @app.page("/stats")
 async def stats(web: Any, request: Any) -> Any:
-    return web.json({"outcomes": dict(outcomes), "partitions": sorted(join_partitions)})
+    return web.json({"outcomes": dict(outcomes), "partitions": sorted(joiner.partitions)})
 
 
 @app.page("/watermarks")
@@ -431,6 +245,6 @@ async def watermarks(web: Any, request: Any) -> Any:
     return web.json(
         {
             "raw_sources": dict(raw_progress),
-            "join": {p: part.relay.describe() for p, part in sorted(join_partitions.items())},
+            "join": {p: part.relay.describe() for p, part in sorted(joiner.partitions.items())},
         }
     )
