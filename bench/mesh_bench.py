@@ -703,7 +703,7 @@ async def main_async(a: argparse.Namespace) -> dict:
         "machine": machine(),
         "git": git_info(),
         # what the services run: the hot modules compiled with mypyc, or pure Python (and why)
-        "hot_modules": dict(zip(("compiled", "why"), compiled_modules.build_state(), strict=True)),
+        "hot_modules": dict(zip(("compiled", "why"), compiled_modules.decision(), strict=True)),
         "args": {
             k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
             for k, v in vars(a).items()

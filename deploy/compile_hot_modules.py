@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# This process (and the compiler's child) only reads the sources: importing `shared` must neither
+# use nor warn about the build it is about to replace. The up-to-date check below ignores it.
+os.environ["MESH_COMPILED"] = "0"
 
 from shared import compiled_modules as hot  # noqa: E402
 
@@ -55,8 +58,8 @@ def main() -> int:
     if a.into is not None:
         compile_into(a.into)
         return 0
-    usable, why = hot.build_state()
-    if usable and not a.force:
+    current, why = hot.build_matches()
+    if current and not a.force:
         print(f"[compile] up to date: {why}", file=sys.stderr)
         return 0
     digests = hot.source_digests()  # before compiling: an edit during the build makes it stale, not wrong

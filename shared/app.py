@@ -283,7 +283,7 @@ class MeshApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
-        log.info("hot modules: %s", compiled_modules.status()["why"])
+        log.info("hot modules: %s", compiled_modules.decision()[1])
         # The tables' changelog topics too, as faust would create them (compaction settings):
         # faust creates them itself just before its consumer subscribes, and a consumer that
         # asked for metadata a moment too early joined without them. It then rebalanced when

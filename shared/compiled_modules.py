@@ -59,6 +59,11 @@ def build_state(build_dir: Path = BUILD_DIR, root: Path = ROOT) -> tuple[bool, s
     """(usable, why): a build is usable when switched on, present, and made from today's sources."""
     if os.environ.get("MESH_COMPILED", "1").strip() == "0":
         return False, "MESH_COMPILED=0"
+    return build_matches(build_dir, root)
+
+
+def build_matches(build_dir: Path = BUILD_DIR, root: Path = ROOT) -> tuple[bool, str]:
+    """(current, why): the build is present and made from today's sources, switched on or not."""
     try:
         recorded = json.loads((build_dir / MANIFEST).read_text())["sources"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -90,14 +95,3 @@ def prefer_compiled(package: str, path: list[str]) -> None:
     compiled = BUILD_DIR.joinpath(*package.split("."))
     if usable and compiled.is_dir() and str(compiled) not in path:
         path.insert(0, str(compiled))
-
-
-def status() -> dict[str, object]:
-    """What this process runs, for logs and benchmark results."""
-    usable, why = decision()
-    loaded = {m: getattr(sys.modules.get(m), "__file__", None) for m in HOT_MODULES}
-    return {
-        "compiled": usable,
-        "why": why,
-        "modules_compiled": sorted(m for m, f in loaded.items() if f and not f.endswith(".py")),
-    }
