@@ -86,7 +86,9 @@ class Table(dict):
     def get_stored(self, key: bytes) -> bytes | None:
         return self.get(key)
 
-    async def write_many(self, out: Any, writes: dict[bytes, bytes | None]) -> None:
+    async def write_many(
+        self, out: Any, writes: dict[bytes, bytes | None], partitions: dict[bytes, int] | None = None
+    ) -> None:
         for key, value in writes.items():
             if value is None:
                 self.pop(key, None)

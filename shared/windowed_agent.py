@@ -74,6 +74,8 @@ class BatchResult:
     replayed: int = 0  # events already applied before a restart: skipped
     # key -> new serialized state, or None to delete; applied by commit_states() after the flush
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    # key -> the input partition its state belongs to (KeyedTable.write_many need not hash it)
+    write_partitions: dict[bytes, int] = field(default_factory=dict)
     # (partition, window start, window end) of every window the partition's watermark passed in
     # this batch, whether or not a key had events in it: proof that the partition's keys without
     # a result for it had none (ctr tells the anomaly service, for campaigns that went silent).
@@ -288,7 +290,7 @@ class WindowedAggregation:
     async def write_states(self, result: BatchResult, out: BatchOutput) -> None:
         """commit_states for a KeyedTable (the services' case): all changelog records in one
         Kafka batch per partition, acknowledged before this returns."""
-        await self.table.write_many(out, result.writes)
+        await self.table.write_many(out, result.writes, result.write_partitions)
         await out.flush()
         self._keep_decoded(result)
 
@@ -369,6 +371,7 @@ class WindowedAggregation:
                 # makes the floor restored after a restart conservative.
                 state["p"] = p
                 result.writes[key] = table_json(state)
+                result.write_partitions[key] = p
         if moved:
             # From the last pass, or after a restart from the watermark restored: what the worker
             # before may have reported already is reported again, which proves nothing new.
@@ -384,10 +387,13 @@ class WindowedAggregation:
                 expired.append(key)
             for key in expired:
                 result.writes[key] = None
+                result.write_partitions[key] = p
                 del c.retired[key]
             # Persisted so that after a restart no window that was already closed and dropped can
             # be opened again by an event that is late (the restored watermark is the floor).
-            result.writes[watermark_key(p, self.partition_count)] = table_json({"p": p, "wm": wm, "w": {}})
+            wm_key = watermark_key(p, self.partition_count)
+            result.writes[wm_key] = table_json({"p": p, "wm": wm, "w": {}})
+            result.write_partitions[wm_key] = p
 
     def _load(self, key: bytes) -> KeyState:
         state = self._decoded.pop(key, None)

@@ -36,6 +36,7 @@ from shared.windows import Aggregate, WindowSpec
 
 Merge = Callable[[Aggregate | None], Aggregate]
 SetsKey = tuple[str, int | None]  # (aggregate key, window start or None for lifetime sets)
+PARTITION_CACHE_MAX = 100_000  # aggregate keys whose partition is remembered (users: most keys)
 
 
 def entry_key(key: str, window: int | None, name: str, member: str) -> bytes:
@@ -59,10 +60,15 @@ class DistinctSets:
         # entry -> b"1" (added) or None (deleted), not yet sent: members go out in bulk, with
         # the batch's results (faust's per-key table send cost more than the counting)
         self.pending: dict[bytes, bytes | None] = {}
+        # entry -> its changelog partition, that of its aggregate key: known here, whereas the
+        # table would decode the entry and hash its key again (partition_by)
+        self.pending_partitions: dict[bytes, int] = {}
+        self._partition_of: dict[str, int] = {}  # aggregate key -> partition (bounded cache)
 
     def forget(self) -> None:
         """After a rebalance: rebuild from the recovered table at the next use."""
         self.pending.clear()  # a batch in flight is not acked: its events come again
+        self.pending_partitions.clear()
         self.sets.clear()
         self.windows.clear()
         self._indexed = False
@@ -70,17 +76,31 @@ class DistinctSets:
     def add(self, key: str, window: int | None, name: str, member: str) -> None:
         self._ensure_indexed()
         if self._remember(key, window, name, member):
-            self.pending[entry_key(key, window, name, member)] = b"1"
+            self._pend(entry_key(key, window, name, member), b"1", key)
+
+    def _pend(self, entry: bytes, value: bytes | None, key: str) -> None:
+        self.pending[entry] = value
+        self.pending_partitions[entry] = self._partition(key)
+
+    def _partition(self, key: str) -> int:
+        p = self._partition_of.get(key)
+        if p is None:
+            if len(self._partition_of) >= PARTITION_CACHE_MAX:
+                self._partition_of.clear()
+            p = self._partition_of[key] = key_partition(key.encode(), self.partition_count)
+        return p
 
     async def write(self, out: BatchOutput) -> None:
         """Send the members added (and deleted) since the last call through `out`, in one Kafka
         batch per partition (the table is a KeyedTable); the caller flushes."""
         pending, self.pending = self.pending, {}
-        await self.table.write_many(out, pending)
+        partitions, self.pending_partitions = self.pending_partitions, {}
+        await self.table.write_many(out, pending, partitions)
 
     def apply_pending(self) -> None:
         """write() for a plain mapping (unit tests)."""
         pending, self.pending = self.pending, {}
+        self.pending_partitions.clear()
         for entry, value in pending.items():
             if value is None:
                 self.table.pop(entry, None)
@@ -104,7 +124,7 @@ class DistinctSets:
                         for member in members:
                             entry = entry_key(key, start, name, member)
                             if entry in self.table or entry in self.pending:
-                                self.pending[entry] = None
+                                self._pend(entry, None, key)
                                 deleted += 1
         return deleted
 
@@ -119,7 +139,7 @@ class DistinctSets:
         if sets is None:
             sets = self.sets[(key, window)] = {}
             if window is not None:
-                p = key_partition(key.encode(), self.partition_count)
+                p = self._partition(key)
                 self.windows.setdefault(p, {}).setdefault(window, set()).add(key)
         members = sets.setdefault(name, set())
         if member in members:

@@ -134,6 +134,7 @@ class JoinBatch:
         self.canonical = canonical  # ctr and engagement pay per Kafka message: bundles
         self.entries: dict[bytes, Record] = {}
         self.writes: dict[bytes, bytes | None] = {}
+        self.write_partitions: dict[bytes, int] = {}  # the entry's partition: no hashing again
 
     def entry(self, key: bytes, p: int) -> Record:
         e = self.entries.get(key)
@@ -158,6 +159,7 @@ class JoinBatch:
 
     def changed(self, key: bytes, entry: Record, forget: bool = False) -> None:
         self.writes[key] = None if forget else table_json(entry)
+        self.write_partitions[key] = entry["p"]
 
     async def send_events(self) -> None:
         """The events so far, ahead of a marker (or of the batch's end)."""
@@ -166,7 +168,7 @@ class JoinBatch:
     async def commit(self) -> None:
         await self.send_events()
         await self.out.flush()
-        await self.join.table.write_many(self.out, self.writes)
+        await self.join.table.write_many(self.out, self.writes, self.write_partitions)
         await self.out.flush()
 
 
