@@ -12,6 +12,7 @@ carry their impression's fields, as ingest's join emits them), 3 partitions, 5 s
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -19,9 +20,11 @@ import orjson
 from bench.in_process import per_item_us, repeat_runs
 from bench.traffic import Shape, make_template
 from services.engagement.distinct import DistinctSets, counting
-from services.engagement.fan_out import fan_out_copies
+from services.engagement.fan_out import fan_out_batch
 from services.engagement.metrics import split_key, window_records
+from shared.batch_output import BatchOutput
 from shared.bundles import Bundler, unbundle
+from shared.watermark_relay import RelayedWatermark
 from shared.windowed_agent import WindowedAggregation
 from shared.windows import WindowSpec
 
@@ -68,17 +71,33 @@ def canonical_events(n: int) -> list[dict[str, Any]]:
     return out
 
 
-class Out:
-    """BatchOutput's interface, counting what would be sent."""
+class Out(BatchOutput):
+    """BatchOutput without a producer, keeping what would be sent."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # no app, no producer
         self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None, **_: Any
+    ) -> None:
         self.sent.append((topic, key, value, partition))
 
-    async def flush(self) -> None:
-        pass
+    async def flush(self) -> int:
+        return 0
+
+
+@dataclass
+class Message:
+    partition: int
+    offset: int
+
+
+@dataclass
+class Event:
+    """The fields of a faust event the agents read."""
+
+    message: Message
+    value: bytes
 
 
 def marker(ts: int) -> dict[str, Any]:
@@ -91,23 +110,32 @@ async def run(events: list[dict[str, Any]]) -> dict[str, float]:
     sets = DistinctSets({}, SPEC, PARTITIONS)
     contribute = counting(sets)
     bundles = Bundler("engagement-by-key", PARTITIONS)
+    relays: dict[int, RelayedWatermark] = {}
+
+    def relay_of(p: int) -> RelayedWatermark:
+        if p not in relays:
+            relays[p] = RelayedWatermark(f"canonical:{p}")
+        return relays[p]
+
     out = Out()
     rows = 0
     timings = {"fan_out": 0.0, "aggregate": 0.0}
-    for b in range(0, len(events), BATCH):
+    for n, b in enumerate(range(0, len(events), BATCH)):
         batch = events[b : b + BATCH]
-        # fan-out: the canonical records arrive bundled (one message per partition and batch)
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for rec in batch:
+            by_partition.setdefault(rec["seq"][0], []).append(rec)
+        for p in range(PARTITIONS):  # the join's progress ends every partition's bundle
+            by_partition.setdefault(p, []).append(marker(batch[-1]["ts"]))
+        # the canonical records arrive bundled: one message per partition and batch, as the join
+        # sends them (the seq a record carries is not what the fan-out reads)
         t0 = time.perf_counter()
-        canonical = [orjson.dumps(batch)]
-        for value in canonical:
-            for j, rec in unbundle(value):
-                fan_out_copies(rec, rec["seq"][0], rec["seq"][1], j, bundles)
-        await bundles.send(out)
-        messages = [(p, v) for _, _, v, p in out.sent]
+        canonical = [Event(Message(p, n), orjson.dumps(recs)) for p, recs in sorted(by_partition.items())]
+        await fan_out_batch(canonical, bundles, out, relay_of)
+        copies = [(p, v) for _, _, v, p in out.sent]
         out.sent.clear()
         t1 = time.perf_counter()
-        decoded = [(p, rec["key"].encode(), rec) for p, v in messages for _, rec in unbundle(v)]
-        decoded += [(p, b"", marker(batch[-1]["ts"])) for p in range(PARTITIONS)]
+        decoded = [(p, rec.get("key", "").encode(), rec) for p, v in copies for _, rec in unbundle(v)]
         result = windows.process(decoded, contribute)
         for emit in result.emits:
             out_key = split_key(emit.key)[1].encode()

@@ -18,7 +18,7 @@ import orjson
 
 from services.engagement.app import app, engagement_settings, settings
 from services.engagement.distinct import DistinctSets, aggregate_key_of, counting
-from services.engagement.fan_out import fan_out_copies
+from services.engagement.fan_out import fan_out_batch
 from services.engagement.metrics import (
     EXPERIMENT,
     Record,
@@ -33,7 +33,7 @@ from shared.bundles import Bundler, unbundle
 from shared.event_batches import event_batches
 from shared.topics import topic_names
 from shared.watermark_relay import RelayedWatermark, repeat_markers
-from shared.watermarks import MARKER_KIND, MARKER_REPEAT_S
+from shared.watermarks import MARKER_REPEAT_S
 from shared.windowed_agent import BatchResult, WindowedAggregation
 from shared.windows import WindowSpec
 
@@ -85,24 +85,7 @@ async def fan_out(stream: Any) -> None:
     bundles = Bundler(topics.engagement_by_key, PARTITIONS)
     async for events in event_batches(stream, settings.batch_max_events, settings.batch_within_seconds):
         async with fan_out_lock:
-            touched: set[int] = set()
-            for event in events:
-                m = event.message
-                touched.add(m.partition)
-                for j, rec in unbundle(event.value):
-                    if rec.get("kind") == MARKER_KIND:
-                        relay = fan_out_partition(m.partition)
-                        relay.observe(rec)
-                        if relay.moved():
-                            await bundles.send(out)  # the events before it, bundles cut here
-                            await relay.forward(out, topics.engagement_by_key, PARTITIONS)
-                        continue
-                    fan_out_copies(rec, m.partition, m.offset, j, bundles)
-            await bundles.send(out)
-            # Markers after the batch's events: downstream never sees progress before the events in it.
-            for p in touched:
-                await fan_out_partition(p).forward(out, topics.engagement_by_key, PARTITIONS)
-            await out.flush()
+            await fan_out_batch(events, bundles, out, fan_out_partition)
 
 
 @app.timer(interval=MARKER_REPEAT_S)
