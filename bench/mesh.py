@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.kafka_probe import OffsetProbe
-from bench.procstat import ProcSeries
+from bench.procstat import ProcSeries, listening_pid
 from tests.mesh_harness import Mesh
 
 ACCOUNTED_SQL = (
@@ -87,6 +87,9 @@ class MeshRun:
     interval: float = 1.0
     mesh: Mesh | None = None
     procs: dict[str, ProcSeries] = field(default_factory=dict)
+    # The broker when it runs on this machine: not a mesh process, but it takes its share of the
+    # same two cores, and the mesh's events/s depend on what is left (bench/procstat.py)
+    broker: ProcSeries | None = None
     samples: list[Sample] = field(default_factory=list)
     extra_services: tuple[str, ...] = ()
     t_ready: float = 0.0
@@ -103,6 +106,10 @@ class MeshRun:
         await asyncio.to_thread(self.mesh.start, *names, wait=False)
         for name, svc in self.mesh.services.items():
             self.procs[name] = ProcSeries(name, svc.proc.pid)
+        host, _, port = self.bootstrap.split(",")[0].rpartition(":")
+        if host in ("127.0.0.1", "localhost") and port.isdigit():
+            pid = listening_pid(int(port))
+            self.broker = ProcSeries("broker", pid) if pid is not None else None
         for name in names:
             deadline = time.monotonic() + 180
             while not self.mesh.services[name].ready():
@@ -142,6 +149,8 @@ class MeshRun:
         t = time.monotonic()
         for p in self.procs.values():
             p.sample(t)
+        if self.broker is not None:
+            self.broker.sample(t)
         if self._stages is None:
             existing = set(await probe.admin.list_topics())
             self._stages = {

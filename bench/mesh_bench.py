@@ -304,6 +304,9 @@ def analyse_backlog(
     cpu = {name: p.summary(t_first or run.t_ready, cpu_end) for name, p in run.procs.items()}
     total_cpu = sum(c["cpu_s"] or 0 for c in cpu.values())
     e2e = accounted / (end - t_first) if t_first and end > t_first else None
+    broker = run.broker.summary(t_first or run.t_ready, cpu_end) if run.broker is not None else None
+    broker_cpu = broker["cpu_s"] if broker else None
+    broker_us = round(1e6 * broker_cpu / accounted, 1) if accounted and broker_cpu else None
     return {
         "complete": done_at is not None,
         "accounted": accounted,
@@ -314,6 +317,11 @@ def analyse_backlog(
         "processes": cpu,
         "cpu_s_total": round(total_cpu, 1),
         "cpu_us_per_event": round(1e6 * total_cpu / accounted, 1) if accounted else None,
+        # The local broker over the same span (None when it is elsewhere or not visible): on a
+        # broker started just before, its JIT compiler alone took ~7 s of a 45 s drain, so compare
+        # this only between runs on a broker that has served the earlier phases (the default run).
+        "broker_process": broker,
+        "broker_cpu_us_per_event": broker_us,
         "peak_rss_mib_total": round(sum(c["peak_rss_mib"] or 0 for c in cpu.values()), 1),
         "lag_over_time": lag_series(run, smp),
         "loadavg_at_end": loadavg(),
@@ -466,6 +474,8 @@ async def mesh_live(
         t0 = run.t_ready
         result["processes"] = {n: p.summary(t0, t_end) for n, p in run.procs.items()}
         result["producer_process"] = gen.summary()
+        if run.broker is not None:
+            result["broker_process"] = run.broker.summary(t0, t_end)
         result["memory_over_time"] = {
             n: [[x[0], x[2]] for x in p.series(t0, every=max(1, int(5 / a.interval)))]
             for n, p in run.procs.items()
@@ -871,7 +881,8 @@ async def main_async(a: argparse.Namespace) -> dict:
                 )
                 log(
                     f"mesh: end-to-end {res.get('end_to_end_events_per_s')} events/s, per stage "
-                    f"{res['sustained_events_per_s']}, {res.get('cpu_us_per_event')} CPU-us/event"
+                    f"{res['sustained_events_per_s']}, {res.get('cpu_us_per_event')} CPU-us/event "
+                    f"(the local broker {res.get('broker_cpu_us_per_event')} more)"
                 )
                 if res.get("errors_in_logs"):
                     # A crashed service costs no CPU: its figures would flatter the mesh (seen once:
@@ -997,6 +1008,7 @@ def summary_markdown(r: dict) -> str:
                 f"| {s.get('end_to_end_events_per_s') or 0:,} "
                 f"| {s.get('cpu_us_per_event')} | {s['peak_rss_mib_total']} (sum) "
                 f"| end to end into ClickHouse; every stage drained at {s.get('all_stages_events_per_s')}/s; "
+                f"the local broker {s.get('broker_cpu_us_per_event')} CPU us/event more; "
                 f"{'all accounted' if s['complete'] else 'NOT complete'}; sustained per stage: {rates} |"
             )
         else:
@@ -1061,7 +1073,15 @@ def summary_markdown(r: dict) -> str:
                 )
         else:
             lines.append(f"| anomaly -> Slack | not measured: {an.get('why')} | | |")
+        cpu = {n: p.get("cpu_pct_mean") for n, p in lv.get("processes", {}).items()}
+        cpu["load producer"] = (lv.get("producer_process") or {}).get("cpu_pct_mean")
+        if lv.get("broker_process"):
+            cpu["local broker"] = lv["broker_process"].get("cpu_pct_mean")
+        cores = r.get("machine", {}).get("cores")
         lines += [
+            "",
+            f"CPU over the live run (% of one core; the machine has {cores}): "
+            + ", ".join(f"{k} {v}" for k, v in cpu.items() if v is not None),
             "",
             "RSS growth over the live run (MiB): "
             + ", ".join(f"{k} {v:+}" for k, v in lv["rss_growth_mib"].items()),

@@ -82,3 +82,29 @@ class ProcSeries:
                 out.append([round(s[0] - t_ref, 2), round(pct, 1), round(s[2], 1)])
             prev = s
         return out
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on a local TCP port (the broker, when it runs on this machine), from
+    /proc/net/tcp{,6} and the processes' socket descriptors; None if not found or not visible."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                        inodes.add(f"socket:[{cols[9]}]")
+        except (FileNotFoundError, StopIteration):
+            continue
+    if not inodes:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid)
+        except (FileNotFoundError, PermissionError, ProcessLookupError, NotADirectoryError):
+            continue
+    return None
