@@ -35,6 +35,7 @@ HOT_MODULES = (
     "shared.windowed_agent",
     "shared.bundles",
     "services.ingest.formats",
+    "services.ingest.validating",
     "services.ingest.join",
     "services.ingest.joining",
     "services.engagement.metrics",

@@ -11,20 +11,14 @@ import logging
 from collections import Counter
 from typing import Any
 
-import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from services.ingest import validating
 from services.ingest.app import app, settings
-from services.ingest.formats import (
-    Limits,
-    Rejected,
-    parse_ad_event,
-    parse_click,
-    parse_clickstream,
-    parse_impression,
-)
+from services.ingest.formats import Limits, parse_ad_event, parse_click, parse_clickstream, parse_impression
 from services.ingest.joining import Join, JoinBatch, join_messages
+from services.ingest.validating import Parser, Validation
 from shared import metrics
 from shared.app import keyed_table, owned_partitions, raw_schema
 from shared.batch_output import BatchOutput
@@ -42,7 +36,9 @@ limits = Limits.from_settings(settings)
 PARTITIONS = settings.topic_partitions
 by_key_topic = app.topic(topics.by_event_key, partitions=PARTITIONS, schema=raw_schema())
 
-PARSERS = {
+# What happened to every input message, for /stats and the accounting tests.
+outcomes: Counter[str] = Counter()
+PARSERS: dict[str, Parser] = {
     topics.impressions: parse_impression,
     topics.clicks: parse_click,
     topics.ad_events: parse_ad_event,
@@ -54,26 +50,14 @@ SOURCE_NAMES = {
     topics.ad_events: "ad_events",
     topics.clickstream: "clickstream",
 }
-RAW_SOURCE_PARTITIONS = len(PARSERS) * PARTITIONS
+validation = Validation(PARSERS, SOURCE_NAMES, limits, topics, PARTITIONS, outcomes)
+RAW_SOURCE_PARTITIONS = validation.raw_source_partitions
 IDLE_CHECK_S = 0.5  # how often raw partitions are checked for "nothing left to read"
 
 join_state = keyed_table(app, "join_state", PARTITIONS)  # key: impression_id
 
-# What happened to every input message, for /stats and the accounting tests.
-outcomes: Counter[str] = Counter()
 # The join's state and its in-memory indexes (services/ingest/joining.py).
 joiner = Join(join_state, topics, PARTITIONS, settings.join_window_ms, settings.dedup_ttl_ms, outcomes)
-
-
-def dead_letter_headers(record: ConsumerRecord, err: Rejected) -> list[tuple[str, bytes]]:
-    return [
-        ("dlq.reason", err.reason.encode()),
-        ("dlq.detail", err.detail.encode("utf-8", "replace")[:500]),
-        ("dlq.topic", record.topic.encode()),
-        ("dlq.partition", str(record.partition).encode()),
-        ("dlq.offset", str(record.offset).encode()),
-        ("dlq.stage", b"ingest"),
-    ]
 
 
 async def claim_raw_partitions(assigned: set[TopicPartition]) -> None:
@@ -108,7 +92,8 @@ raw_activity = SourceActivity(
     raw_reader, topics.raw_sources(), settings.source_idle_timeout_ms / 1000, never_active_quiet_s=0.0
 )
 app.direct_consumers.append(raw_reader)  # its lag on /metrics
-raw_progress: dict[str, int] = {}  # raw source partition -> max valid event time
+# raw source partition -> max valid event time (validation's, kept across reader restarts)
+raw_progress = validation.progress
 # A validate batch, the idle-marker timer and a raw rebalance must not interleave.
 validate_lock = raw_reader.lock
 # A join batch and the marker repeats must not interleave either: a batch's events wait in their
@@ -145,36 +130,8 @@ async def validate_batches() -> None:
 
 
 async def validate_records(records: list[ConsumerRecord], out: BatchOutput, by_key: Bundler) -> None:
-    """Parse and normalize raw messages into `by_key`'s bundles (rejects to the dead letters), send
-    them, then the progress of the raw sources (topic:partition) they came from; the caller
-    flushes `out`. bench/ingest_cpu.py drives it alone."""
-    progress = raw_progress
-    touched: set[str] = set()
-    for m in records:
-        try:
-            rec = PARSERS[m.topic](m.value, limits)
-        except Rejected as err:
-            outcomes[f"dead_letter:{err.reason}"] += 1
-            metrics.dead_lettered.labels("ingest", err.reason).inc()
-            headers = dead_letter_headers(m, err)
-            await out.send(topics.dead_letters, m.key, m.value or b"", headers=headers)
-            continue
-        rec["src"] = f"{m.topic}:{m.partition}:{m.offset}"
-        rec["source"] = SOURCE_NAMES[m.topic]
-        source = f"{m.topic}:{m.partition}"
-        if rec["ts"] > progress.get(source, NEG_INF):
-            progress[source] = rec["ts"]
-        # Where the stream stood at this message (markers only come after the batch): the
-        # join measures a click's wait and an id's TTL from here.
-        rec["at"] = progress[source]
-        touched.add(source)
-        by_key.add(rec["dedup_key"].encode(), orjson.dumps(rec))
-    # One message per ingest-by-key partition and batch (shared/bundles.py), then markers.
-    await by_key.send(out)
-    for source in touched:
-        await out.broadcast_marker(
-            topics.by_event_key, PARTITIONS, source, progress[source], RAW_SOURCE_PARTITIONS
-        )
+    """services/ingest/validating.py's loop with this worker's parsers, outcomes and progress."""
+    await validating.validate_records(validation, records, out, by_key)
 
 
 @app.timer(interval=IDLE_CHECK_S)
