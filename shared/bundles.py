@@ -28,6 +28,28 @@ BUNDLE_MAX_BYTES = 256 * 1024
 _KEY_CACHE_MAX = 100_000
 
 
+class KeyPartitions:
+    """The partition Kafka's default partitioner gives a key (shared.app.key_partition), remembered
+    for keys that come again (campaigns, users, dimension keys): up to _KEY_CACHE_MAX of them, then
+    forgotten all at once. `remember=False` for keys that are nearly all new (validate's dedup
+    keys): there the cache only filled up and emptied, a sawtooth of ~11 MiB in ingest's memory."""
+
+    def __init__(self, partitions: int, remember: bool = True) -> None:
+        self.partitions = partitions
+        self.remember = remember
+        self._known: dict[str | bytes, int] = {}
+
+    def of(self, key: str | bytes) -> int:
+        p = self._known.get(key) if self.remember else None
+        if p is None:
+            p = key_partition(key.encode() if isinstance(key, str) else key, self.partitions)
+            if self.remember:
+                if len(self._known) >= _KEY_CACHE_MAX:
+                    self._known.clear()
+                self._known[key] = p
+        return p
+
+
 class Bundler:
     """Collects one batch's encoded records per destination partition (the partition Kafka's
     default partitioner gives their key), then sends them as bundles."""
@@ -35,24 +57,13 @@ class Bundler:
     def __init__(self, topic: str, partitions: int, remember_partitions: bool = True) -> None:
         self.topic = topic
         self.partitions = partitions
-        # key -> partition, for keys that come again (campaigns, users, dimension keys). Not for
-        # keys that are nearly all new (validate's dedup keys): there the cache only filled up to
-        # _KEY_CACHE_MAX and emptied, a sawtooth of ~11 MiB in ingest's memory (100k keys).
-        self.remember_partitions = remember_partitions
-        self._partition_of: dict[bytes, int] = {}
+        self._partition_of = KeyPartitions(partitions, remember_partitions)
         self._open: dict[int, list[bytes]] = {}
         self._open_bytes: dict[int, int] = {}
         self._ready: list[tuple[int, bytes]] = []
 
     def partition_for(self, key: bytes) -> int:
-        if not self.remember_partitions:
-            return key_partition(key, self.partitions)
-        p = self._partition_of.get(key)
-        if p is None:
-            if len(self._partition_of) >= _KEY_CACHE_MAX:
-                self._partition_of.clear()
-            p = self._partition_of[key] = key_partition(key, self.partitions)
-        return p
+        return self._partition_of.of(key)
 
     def add(self, key: bytes, value: bytes) -> None:
         """`value`: one JSON-encoded record that carries its own key."""

@@ -30,13 +30,13 @@ from typing import Any
 import orjson
 
 from services.engagement.metrics import Record, contribution
-from shared.app import key_partition, table_json
+from shared.app import table_json
 from shared.batch_output import BatchOutput
+from shared.bundles import KeyPartitions
 from shared.windows import Aggregate, WindowSpec
 
 Merge = Callable[[Aggregate | None], Aggregate]
 SetsKey = tuple[str, int | None]  # (aggregate key, window start or None for lifetime sets)
-PARTITION_CACHE_MAX = 100_000  # aggregate keys whose partition is remembered (users: most keys)
 
 
 def entry_key(key: str, window: int | None, name: str, member: str) -> bytes:
@@ -63,7 +63,7 @@ class DistinctSets:
         # entry -> its changelog partition, that of its aggregate key: known here, whereas the
         # table would decode the entry and hash its key again (partition_by)
         self.pending_partitions: dict[bytes, int] = {}
-        self._partition_of: dict[str, int] = {}  # aggregate key -> partition (bounded cache)
+        self._partition_of = KeyPartitions(partitions)  # aggregate key -> partition
 
     def forget(self) -> None:
         """After a rebalance: rebuild from the recovered table at the next use."""
@@ -80,15 +80,7 @@ class DistinctSets:
 
     def _pend(self, entry: bytes, value: bytes | None, key: str) -> None:
         self.pending[entry] = value
-        self.pending_partitions[entry] = self._partition(key)
-
-    def _partition(self, key: str) -> int:
-        p = self._partition_of.get(key)
-        if p is None:
-            if len(self._partition_of) >= PARTITION_CACHE_MAX:
-                self._partition_of.clear()
-            p = self._partition_of[key] = key_partition(key.encode(), self.partition_count)
-        return p
+        self.pending_partitions[entry] = self._partition_of.of(key)
 
     async def write(self, out: BatchOutput) -> None:
         """Send the members added (and deleted) since the last call through `out`, in one Kafka
@@ -139,7 +131,7 @@ class DistinctSets:
         if sets is None:
             sets = self.sets[(key, window)] = {}
             if window is not None:
-                p = self._partition(key)
+                p = self._partition_of.of(key)
                 self.windows.setdefault(p, {}).setdefault(window, set()).add(key)
         members = sets.setdefault(name, set())
         if member in members:
