@@ -7,22 +7,20 @@
 #   bash bench/run.sh --soak-minutes 10               # the 10-minute memory soak
 #   bash bench/run.sh --help                          # every option
 #
-# The project's own venv runs the mesh, the limits and the orchestration (PYTHON, else .venv, else
-# /tmp/venv). The peer (quixstreams), matplotlib and py-spy live in bench/.venv, created here on first
-# use: they are benchmark tools, not project dependencies. Results: bench/out/mesh_bench-latest.{json,png,md}.
+# The project's own venv runs the mesh, the limits and the orchestration: $PYTHON if set, else
+# .venv, made or brought up to date first by deploy/setup.sh (quick when current; on a fresh clone
+# it installs the project, compiles the hot modules and fetches the broker jars, as the README's
+# two commands do). The peer (quixstreams), matplotlib and py-spy live in bench/.venv, created here
+# on first use: they are benchmark tools, not project dependencies.
+# Results: bench/out/mesh_bench-latest.{json,png,md}.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 if [ -z "${PYTHON:-}" ]; then
-  for p in "$ROOT/.venv/bin/python" /tmp/venv/bin/python; do
-    if [ -x "$p" ] && "$p" -c "import shared.app, services.ingest.formats, chdb" 2>/dev/null; then PYTHON="$p"; break; fi
-  done
-fi
-if [ -z "${PYTHON:-}" ]; then
-  echo "[bench] no project venv found: run 'bash deploy/setup.sh' first (or set PYTHON=...)" >&2
-  exit 1
+  bash deploy/setup.sh
+  PYTHON="$ROOT/.venv/bin/python"
 fi
 
 BENCH_VENV="$ROOT/bench/.venv"
