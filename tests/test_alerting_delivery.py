@@ -351,6 +351,22 @@ async def test_rate_limit_honours_retry_after_then_delivers_once(fake: FakeSlack
     assert 950 <= in_process < 5000
 
 
+async def test_own_time_leaves_out_slacks_answer(fake: FakeSlack) -> None:
+    # Slack takes 0.4 s to answer (within the client's timeout): that is in taken in -> Slack's OK,
+    # not in alerting's own share, which is the rest (a few ms here: no broker, no load).
+    harness = make_harness(
+        make_settings(slack_bot_token=TEST_TOKEN, slack_base_url=fake.base_url, slack_timeout_seconds=5)
+    )
+    fake.hang_next(1, 0.4, then_process=True, apis={"chat.postMessage"})
+    harness.deliverer.intake(anomaly("a1"))
+    assert await harness.deliverer.drain(5)
+    assert harness.statuses() == ["sent"]
+    (in_process,) = harness.deliverer.in_process_ms
+    (own,) = harness.deliverer.own_ms
+    assert in_process >= 400
+    assert 0 <= own < 200
+
+
 def test_in_process_summary_uses_nearest_rank() -> None:
     from services.alerting.views import in_process_summary
 

@@ -295,8 +295,12 @@ class AlertDeliverer:
         self._channel_id: str | None = None
         self._last_cleanup_ms = 0
         self._unreadable: set[str] = set()
-        # Taken in -> Slack answered OK, of the latest deliveries (ms): what our own process adds.
+        # Taken in -> Slack answered OK, of the latest deliveries (ms): what our own process adds,
+        # with the successful Slack call's round trip in it (and any retry's wait).
         self.in_process_ms: deque[int] = deque(maxlen=1000)
+        # The same deliveries without that round trip: the time that is alerting's own (waking up,
+        # the state writes, the in-flight mark put on the broker, the record), not Slack's answer.
+        self.own_ms: deque[int] = deque(maxlen=1000)
 
     # --- table access ---
 
@@ -480,12 +484,14 @@ class AlertDeliverer:
         # Intent first: if we die during the call, the restart knows to look before re-posting.
         in_flight = replace(delivery, attempts=delivery.attempts + 1, unknown_outcome=True)
         await self._mark_in_flight(in_flight)
+        called_at = self._clock()
         result = await self.transport.post(channel, step.message, thread_ts=step.thread_ts)
+        call_ms = self._clock() - called_at
         if classify(result) == "ok":
             if step.thread_ts is None and result.channel:
                 self._channel_id = result.channel
             sent = replace(in_flight, slack_ts=result.ts, channel=result.channel or step.channel)
-            await self._finish(sent, step.success_status, http_status=result.http_status)
+            await self._finish(sent, step.success_status, http_status=result.http_status, call_ms=call_ms)
         else:
             await self._failed(in_flight, result)
 
@@ -527,12 +533,14 @@ class AlertDeliverer:
         assert self.transport is not None
         attempt = replace(delivery, attempts=delivery.attempts + 1)
         # chat.update is idempotent: no in-flight mark needed, a repeat only rewrites the same text.
+        called_at = self._clock()
         result = await self.transport.update(step.channel, step.ts, step.message)
+        call_ms = self._clock() - called_at
         if classify(result) != "ok":
             await self._failed(attempt, result)
             return
         updated = replace(attempt, slack_ts=step.ts, channel=step.channel)
-        await self._finish(updated, "updated", http_status=result.http_status)
+        await self._finish(updated, "updated", http_status=result.http_status, call_ms=call_ms)
         # One try, never retried: a missing "resolved" reply is better than a pile of them.
         reply = await self.transport.post(step.channel, step.reply, thread_ts=step.ts)
         if not reply.ok:
@@ -599,7 +607,9 @@ class AlertDeliverer:
         http_status: int | None = None,
         error: str | None = None,
         note: str | None = None,
+        call_ms: int | None = None,
     ) -> None:
+        """`call_ms`: how long the Slack call that succeeded took, when there was one."""
         now = self._clock()
         final = replace(
             delivery,
@@ -613,12 +623,19 @@ class AlertDeliverer:
         if status in ("sent", "updated", "folded"):
             self.in_process_ms.append(now - delivery.created_ms)
             metrics.alert_in_process_seconds.observe((now - delivery.created_ms) / 1000)
+            if call_ms is not None:
+                self.own_ms.append(now - delivery.created_ms - call_ms)
         if status != "logged":  # logged ones were just logged in full
+            # Timed: a slow delivery shows whether Slack's answer or our own part took the time.
+            timing = f", {now - delivery.created_ms} ms after intake" if status != "failed_permanent" else ""
+            if call_ms is not None:
+                timing += f", {call_ms} ms of it in the Slack call"
             log.info(
-                "alert %s: %s (ts %s)%s",
+                "alert %s: %s (ts %s)%s%s",
                 final.anomaly_id,
                 status,
                 final.slack_ts,
+                timing,
                 f" [{note}]" if note else "",
             )
         await self._record(final, status, now, http_status=http_status, error=error)  # type: ignore[arg-type]
