@@ -627,7 +627,7 @@ class AlertDeliverer:
                 self.own_ms.append(now - delivery.created_ms - call_ms)
         if status != "logged":  # logged ones were just logged in full
             # Timed: a slow delivery shows whether Slack's answer or our own part took the time.
-            timing = f", {now - delivery.created_ms} ms after intake" if status != "failed_permanent" else ""
+            timing = f", {now - delivery.created_ms} ms after intake"
             if call_ms is not None:
                 timing += f", {call_ms} ms of it in the Slack call"
             log.info(
