@@ -102,7 +102,7 @@ async def run(records: list[Raw]) -> dict[str, float]:
     agents.joiner.partitions.clear()
     agents.raw_progress.clear()
     out = Out()
-    by_key = Bundler(agents.topics.by_event_key, agents.PARTITIONS, remember_partitions=False)
+    by_key = agents.by_key_bundler()
     canonical = Bundler(agents.topics.canonical, agents.PARTITIONS)
     offsets = [0] * agents.PARTITIONS
     timings = {"validate": 0.0, "join": 0.0}

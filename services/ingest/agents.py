@@ -106,9 +106,15 @@ async def validate() -> None:
     await raw_reader.run(validate_batches, "validate", lambda: app.should_stop)
 
 
+def by_key_bundler() -> Bundler:
+    """validate's bundles, one per ingest-by-key partition and batch. Their keys, the dedup ids, are
+    nearly all new: remembering their partitions would only fill a cache and empty it again."""
+    return Bundler(topics.by_event_key, PARTITIONS, remember_partitions=False)
+
+
 async def validate_batches() -> None:
     out = BatchOutput(app)
-    by_key = Bundler(topics.by_event_key, PARTITIONS, remember_partitions=False)  # ids: nearly all new
+    by_key = by_key_bundler()
     async for batch in raw_reader.batches(settings.batch_max_events, settings.batch_within_seconds):
         async with validate_lock:
             if batch.stale or app.should_stop:  # stopping: left to the partitions' next owner
